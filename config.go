@@ -1,0 +1,97 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+)
+
+// Config is every setting of `awardee serve`. Defaults live in defaultConfig alone; flags and
+// their AWARDEE_* variables are bound to it in bindServeFlags.
+type Config struct {
+	Addr                 string
+	Data                 string
+	PublicURL            string
+	AllowPrivateNetworks bool
+	WebhookRetrySchedule string
+	IdempotencyTTL       time.Duration
+	EventRetention       time.Duration
+	ShutdownTimeout      time.Duration
+	SweepEvery           time.Duration
+	RateIdleAfter        time.Duration
+}
+
+func defaultConfig() Config {
+	return Config{
+		Addr:                 "127.0.0.1:8080",
+		Data:                 "./awardee-data",
+		WebhookRetrySchedule: "5s,5m,30m,2h,5h,10h,10h",
+		IdempotencyTTL:       24 * time.Hour,
+		EventRetention:       7 * 24 * time.Hour,
+		ShutdownTimeout:      15 * time.Second,
+		SweepEvery:           time.Minute,
+		RateIdleAfter:        10 * time.Minute,
+	}
+}
+
+// publicURL is the base of every file_url: --public-url, else http://<addr>.
+func (c Config) publicURL() string {
+	if c.PublicURL != "" {
+		return strings.TrimRight(c.PublicURL, "/")
+	}
+	return "http://" + c.Addr
+}
+
+func bindServeFlags(fs *flag.FlagSet, c *Config) {
+	fs.StringVar(&c.Addr, "addr", c.Addr, "address to listen on")
+	fs.StringVar(&c.Data, "data", c.Data, "data directory (created when missing)")
+	fs.StringVar(&c.PublicURL, "public-url", c.PublicURL, "base URL of every file_url (default http://<addr>)")
+	fs.BoolVar(&c.AllowPrivateNetworks, "allow-private-networks", c.AllowPrivateNetworks, "let attachment fetches and webhooks reach loopback and private addresses (development and tests only)")
+	fs.StringVar(&c.WebhookRetrySchedule, "webhook-retry-schedule", c.WebhookRetrySchedule, "comma list of Go durations between webhook attempts")
+	fs.DurationVar(&c.IdempotencyTTL, "idempotency-ttl", c.IdempotencyTTL, "how long an Idempotency-Key's outcome is kept")
+	fs.DurationVar(&c.EventRetention, "event-retention", c.EventRetention, "how long the event log keeps events")
+	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", c.ShutdownTimeout, "how long SIGINT/SIGTERM waits for in-flight requests")
+	fs.DurationVar(&c.SweepEvery, "sweep-every", c.SweepEvery, "how often expired events and idempotency keys are pruned")
+}
+
+// parseWithEnv parses args; a flag not given on the command line takes AWARDEE_<FLAG> from the
+// environment when set (dashes become underscores), so a flag always wins over the environment.
+func parseWithEnv(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	var errs []error
+	fs.VisitAll(func(f *flag.Flag) {
+		if given[f.Name] {
+			return
+		}
+		name := envName(f.Name)
+		if v, ok := os.LookupEnv(name); ok {
+			if err := f.Value.Set(v); err != nil {
+				errs = append(errs, fmt.Errorf("%s=%q: %w", name, v, err))
+			}
+		}
+	})
+	return errors.Join(errs...)
+}
+
+func envName(flagName string) string {
+	return "AWARDEE_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+func parseSchedule(s string) ([]time.Duration, error) {
+	var out []time.Duration
+	for _, part := range strings.Split(s, ",") {
+		d, err := time.ParseDuration(strings.TrimSpace(part))
+		if err != nil || d <= 0 {
+			return nil, fmt.Errorf("webhook retry schedule: %q is not a positive Go duration", part)
+		}
+		out = append(out, d)
+	}
+	return out, nil
+}

@@ -1,0 +1,181 @@
+// Package engine owns Awardee's domain: orgs, keys, conversations, messages and the org event
+// log, the status machine, and their storage on bbolt behind one group-commit path. It knows
+// nothing of HTTP, WebSockets or webhooks; those consume its results and its event feed.
+package engine
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/zeebo/blake3"
+	bolt "go.etcd.io/bbolt"
+)
+
+// Bucket names and key layouts. Integers are big-endian so bbolt's byte order is the domain's
+// order; IDs have a fixed length per kind (prefix + 26-char ULID), so keys need no separators.
+//
+//	orgs      org id                                          → Org (JSON)
+//	keys      BLAKE3-256(secret)                              → Principal (JSON); secrets are never stored
+//	convs     org id · conv id                                → conversationRecord (JSON)
+//	activity  org id · status byte · ^last_activity_ms · conv id → empty: "newest activity first";
+//	          status byte is the index in Statuses, or anyStatus for the all-statuses list
+//	msgs      conv id · seq                                   → Message (JSON)
+//	events    org id (nested bucket) › offset                 → storedEvent (JSON); the nested
+//	          bucket's own sequence hands out offsets, so they roll back with a failed batch and are
+//	          never reused after pruning. One bucket per org keeps each log a contiguous range to
+//	          scan and prune without touching other orgs.
+//	idem      org id · idempotency key                        → idemRecord (JSON)
+//	meta      "count/" + status                               → uint64: conversations per status
+var (
+	bucketOrgs     = []byte("orgs")
+	bucketKeys     = []byte("keys")
+	bucketConvs    = []byte("convs")
+	bucketActivity = []byte("activity")
+	bucketMsgs     = []byte("msgs")
+	bucketEvents   = []byte("events")
+	bucketIdem     = []byte("idem")
+	bucketMeta     = []byte("meta")
+	allBuckets     = [][]byte{bucketOrgs, bucketKeys, bucketConvs, bucketActivity, bucketMsgs, bucketEvents, bucketIdem, bucketMeta}
+)
+
+const anyStatus = 0xFF
+
+// ErrLocked is returned by Open when another process holds the database.
+var ErrLocked = errors.New("the database is in use by another process (is a server running on this data directory?)")
+
+// Options tune Open. The zero value is usable.
+type Options struct {
+	// LockTimeout bounds the wait for another process's lock on the file.
+	LockTimeout time.Duration
+	// MaxBatch caps how many write units one commit takes, bounding a batch's latency.
+	MaxBatch int
+}
+
+// DB is an open Awardee database. All writes go through its commit loop; reads run in their own
+// read transactions and never wait for it.
+type DB struct {
+	bolt *bolt.DB
+	path string
+
+	commits *committer
+
+	authMu    sync.Mutex
+	authCache map[[32]byte]authEntry
+
+	appendHooks []func(*Tx, Event) error
+}
+
+// DatabaseFile is the name of the bbolt file inside a data directory.
+const DatabaseFile = "awardee.db"
+
+// Open opens (creating when missing) the database in dir and starts its commit loop.
+func Open(dir string, opts Options) (*DB, error) {
+	if opts.LockTimeout <= 0 {
+		opts.LockTimeout = time.Second
+	}
+	if opts.MaxBatch <= 0 {
+		opts.MaxBatch = 1024
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	path := filepath.Join(dir, DatabaseFile)
+	b, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.LockTimeout, FreelistType: bolt.FreelistMapType})
+	if err != nil {
+		if errors.Is(err, bolt.ErrTimeout) {
+			return nil, fmt.Errorf("%s: %w", path, ErrLocked)
+		}
+		return nil, err
+	}
+	err = b.Update(func(tx *bolt.Tx) error {
+		for _, name := range allBuckets {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		b.Close()
+		return nil, err
+	}
+	db := &DB{bolt: b, path: path, authCache: make(map[[32]byte]authEntry)}
+	db.commits = startCommitter(db, opts.MaxBatch)
+	return db, nil
+}
+
+// Close stops the commit loop after every queued unit is answered, then closes the file.
+func (db *DB) Close() error {
+	db.commits.close()
+	return db.bolt.Close()
+}
+
+// Path is the database file's path.
+func (db *DB) Path() string { return db.path }
+
+// OnAppend registers a function that runs inside the write transaction for every event appended,
+// so a consumer can write its own rows (a webhook outbox) atomically with the event. Register
+// before serving; an error fails the unit that appended the event.
+func (db *DB) OnAppend(fn func(*Tx, Event) error) { db.appendHooks = append(db.appendHooks, fn) }
+
+// Backup writes a consistent copy of the whole database to w from one read transaction.
+func (db *DB) Backup(w io.Writer) (int64, error) {
+	var n int64
+	err := db.bolt.View(func(tx *bolt.Tx) error {
+		var err error
+		n, err = tx.WriteTo(w)
+		return err
+	})
+	return n, err
+}
+
+// BackupFile writes a consistent copy to path, fsync'd, via a temporary file and a rename, so a
+// crash never leaves a truncated backup under the final name.
+func (db *DB) BackupFile(path string) error {
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := db.Backup(f); err != nil {
+		f.Close()
+		os.Remove(tmp)
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		os.Remove(tmp)
+		return err
+	}
+	if err := f.Close(); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+func u64(v uint64) []byte {
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], v)
+	return b[:]
+}
+
+func join(parts ...[]byte) []byte {
+	n := 0
+	for _, p := range parts {
+		n += len(p)
+	}
+	out := make([]byte, 0, n)
+	for _, p := range parts {
+		out = append(out, p...)
+	}
+	return out
+}
+
+func hashSecret(secret string) [32]byte { return blake3.Sum256([]byte(secret)) }

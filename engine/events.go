@@ -1,0 +1,161 @@
+package engine
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// appendEvent gives the event the org's next offset and stores it inside the unit, so the log's
+// order is the commit order and a rolled-back unit leaves no event and no gap.
+func (tx *Tx) appendEvent(orgID, convID, typ string, data any) error {
+	log, err := tx.bolt.Bucket(bucketEvents).CreateBucketIfNotExists([]byte(orgID))
+	if err != nil {
+		return err
+	}
+	offset, err := log.NextSequence()
+	if err != nil {
+		return err
+	}
+	raw, err := json.Marshal(data)
+	if err != nil {
+		return err
+	}
+	ev := Event{ID: newID(PrefixEvent), Offset: offset, Type: typ, CreatedAt: Now(), Data: raw, OrgID: orgID, ConversationID: convID}
+	if err := putJSON(log, u64(offset), storedEvent{Event: ev, OrgID: orgID, ConversationID: convID}); err != nil {
+		return err
+	}
+	for _, hook := range tx.db.appendHooks {
+		if err := hook(tx, ev); err != nil {
+			return err
+		}
+	}
+	tx.events = append(tx.events, ev)
+	return nil
+}
+
+func decodeEvent(v []byte) (Event, error) {
+	var se storedEvent
+	if err := json.Unmarshal(v, &se); err != nil {
+		return Event{}, err
+	}
+	ev := se.Event
+	ev.OrgID, ev.ConversationID = se.OrgID, se.ConversationID
+	return ev, nil
+}
+
+// ListEvents returns up to limit events of orgID with offset > after, oldest first, and whether
+// more follow.
+func (db *DB) ListEvents(orgID string, after uint64, limit int) ([]Event, bool, error) {
+	out := []Event{}
+	more := false
+	err := db.bolt.View(func(btx *bolt.Tx) error {
+		log := btx.Bucket(bucketEvents).Bucket([]byte(orgID))
+		if log == nil {
+			return nil
+		}
+		c := log.Cursor()
+		for k, v := c.Seek(u64(after + 1)); k != nil; k, v = c.Next() {
+			if len(out) == limit {
+				more = true
+				return nil
+			}
+			ev, err := decodeEvent(v)
+			if err != nil {
+				return err
+			}
+			out = append(out, ev)
+		}
+		return nil
+	})
+	return out, more, err
+}
+
+// LogBounds returns the oldest kept and the latest offset of orgID's log (0, n when it holds no
+// event, n being the last offset ever given). A consumer resuming after an offset older than
+// oldest-1 has missed pruned events.
+func (db *DB) LogBounds(orgID string) (oldest, latest uint64, err error) {
+	err = db.bolt.View(func(btx *bolt.Tx) error {
+		log := btx.Bucket(bucketEvents).Bucket([]byte(orgID))
+		if log == nil {
+			return nil
+		}
+		latest = log.Sequence()
+		if k, _ := log.Cursor().First(); k != nil {
+			oldest = binary.BigEndian.Uint64(k)
+		}
+		return nil
+	})
+	return oldest, latest, err
+}
+
+// pruneChunk bounds one pruning transaction so that it holds the commit loop only briefly.
+const pruneChunk = 500
+
+// PruneEvents deletes events created before cutoff from every org's log, in small units through
+// the commit loop so message posts keep flowing between them. It returns how many it deleted.
+func (db *DB) PruneEvents(ctx context.Context, cutoff time.Time) (int, error) {
+	orgs, err := db.Orgs()
+	if err != nil {
+		return 0, err
+	}
+	total := 0
+	for _, org := range orgs {
+		for {
+			if err := ctx.Err(); err != nil {
+				return total, err
+			}
+			n := 0
+			err := db.Update(ctx, func(tx *Tx) error {
+				n = 0
+				log := tx.bolt.Bucket(bucketEvents).Bucket([]byte(org.ID))
+				if log == nil {
+					return nil
+				}
+				c := log.Cursor()
+				for k, v := c.First(); k != nil && n < pruneChunk; k, v = c.First() {
+					ev, err := decodeEvent(v)
+					if err != nil {
+						return err
+					}
+					if !ev.CreatedAt.Before(cutoff) {
+						break
+					}
+					if err := c.Delete(); err != nil {
+						return err
+					}
+					n++
+				}
+				return nil
+			})
+			if err != nil {
+				return total, err
+			}
+			total += n
+			if n < pruneChunk {
+				break
+			}
+		}
+	}
+	return total, nil
+}
+
+// sweepEvery runs fn now and then every interval until ctx ends. It is the one shape of every
+// background sweeper, so each exits with its owner's context.
+func sweepEvery(ctx context.Context, interval time.Duration, fn func(context.Context)) {
+	fn(ctx)
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			fn(ctx)
+		}
+	}
+}
+

@@ -1,0 +1,174 @@
+package engine
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Idempotency asks a write to store its outcome under an org-scoped key in the same transaction
+// as its effects, so a crash can never keep one without the other.
+type Idempotency struct {
+	Key         string
+	Fingerprint [32]byte // BLAKE3 of method, path and body, computed by the caller
+	Status      int      // the status the caller answers a success with
+}
+
+// IdempotencyRecord is a stored outcome, replayed byte for byte.
+type IdempotencyRecord struct {
+	Fingerprint []byte `json:"fingerprint"`
+	Status      int    `json:"status"`
+	Body        []byte `json:"body"`
+	CreatedAt   Time   `json:"created_at"`
+}
+
+func idemKey(orgID, key string) []byte { return []byte(orgID + key) }
+
+// saveIdempotency stores result (as the JSON the caller will answer with) under idem's key; a nil
+// idem stores nothing.
+func (tx *Tx) saveIdempotency(orgID string, idem *Idempotency, result any) error {
+	if idem == nil {
+		return nil
+	}
+	body, err := json.Marshal(result)
+	if err != nil {
+		return err
+	}
+	return tx.putIdempotency(orgID, idem, idem.Status, body)
+}
+
+func (tx *Tx) putIdempotency(orgID string, idem *Idempotency, status int, body []byte) error {
+	rec := IdempotencyRecord{Fingerprint: idem.Fingerprint[:], Status: status, Body: body, CreatedAt: Now()}
+	return putJSON(tx.bolt.Bucket(bucketIdem), idemKey(orgID, idem.Key), rec)
+}
+
+// SaveOutcome stores a finished request's outcome that had no effect to commit with it (a 4xx),
+// so that a retry with the same key gets the same answer.
+func (db *DB) SaveOutcome(ctx context.Context, orgID string, idem *Idempotency, status int, body []byte) error {
+	return db.Update(ctx, func(tx *Tx) error { return tx.putIdempotency(orgID, idem, status, body) })
+}
+
+// LookupIdempotency returns the live record under orgID's key, or nil when there is none or it
+// is older than ttl (an expired key runs afresh, and its record is overwritten).
+func (db *DB) LookupIdempotency(orgID, key string, ttl time.Duration) (*IdempotencyRecord, error) {
+	var rec *IdempotencyRecord
+	err := db.bolt.View(func(btx *bolt.Tx) error {
+		raw := btx.Bucket(bucketIdem).Get(idemKey(orgID, key))
+		if raw == nil {
+			return nil
+		}
+		var r IdempotencyRecord
+		if err := json.Unmarshal(raw, &r); err != nil {
+			return err
+		}
+		if time.Since(r.CreatedAt.Time) < ttl {
+			rec = &r
+		}
+		return nil
+	})
+	return rec, err
+}
+
+// Matches reports whether a request's fingerprint is the one the record was stored for.
+func (r *IdempotencyRecord) Matches(fp [32]byte) bool { return bytes.Equal(r.Fingerprint, fp[:]) }
+
+// PruneIdempotency deletes records older than ttl. It finds them in read transactions and deletes
+// them in small units, so that a large sweep never holds the commit loop for long.
+func (db *DB) PruneIdempotency(ctx context.Context, ttl time.Duration) (int, error) {
+	cutoff := time.Now().Add(-ttl)
+	total := 0
+	var from []byte
+	for {
+		if err := ctx.Err(); err != nil {
+			return total, err
+		}
+		var expired [][]byte
+		var next []byte
+		err := db.bolt.View(func(btx *bolt.Tx) error {
+			c := btx.Bucket(bucketIdem).Cursor()
+			k, v := c.First()
+			if from != nil {
+				k, v = c.Seek(from)
+			}
+			scanned := 0
+			for ; k != nil; k, v = c.Next() {
+				if scanned == pruneChunk*4 {
+					next = append([]byte(nil), k...)
+					return nil
+				}
+				scanned++
+				var r IdempotencyRecord
+				if err := json.Unmarshal(v, &r); err != nil {
+					return err
+				}
+				if r.CreatedAt.Before(cutoff) {
+					expired = append(expired, append([]byte(nil), k...))
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return total, err
+		}
+		for len(expired) > 0 {
+			chunk := expired[:min(pruneChunk, len(expired))]
+			expired = expired[len(chunk):]
+			n := 0
+			err := db.Update(ctx, func(tx *Tx) error {
+				n = 0
+				b := tx.bolt.Bucket(bucketIdem)
+				for _, k := range chunk {
+					// Re-read: a retry may have rewritten the key since the scan.
+					var r IdempotencyRecord
+					found, err := getJSON(b, k, &r)
+					if err != nil {
+						return err
+					}
+					if found && r.CreatedAt.Before(cutoff) {
+						if err := b.Delete(k); err != nil {
+							return err
+						}
+						n++
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				return total, err
+			}
+			total += n
+		}
+		if next == nil {
+			return total, nil
+		}
+		from = next
+	}
+}
+
+// Maintenance configures RunMaintenance.
+type Maintenance struct {
+	EventRetention time.Duration
+	IdempotencyTTL time.Duration
+	Every          time.Duration
+	// OnError reports a failed sweep; the next tick tries again.
+	OnError func(what string, err error)
+}
+
+// RunMaintenance prunes expired events and idempotency records at once and then every m.Every,
+// until ctx ends; it returns only then.
+func (db *DB) RunMaintenance(ctx context.Context, m Maintenance) {
+	report := func(what string, err error) {
+		if err != nil && ctx.Err() == nil && m.OnError != nil {
+			m.OnError(what, err)
+		}
+	}
+	sweepEvery(ctx, m.Every, func(ctx context.Context) {
+		_, err := db.PruneEvents(ctx, time.Now().Add(-m.EventRetention))
+		report("events", err)
+		_, err = db.PruneIdempotency(ctx, m.IdempotencyTTL)
+		report("idempotency keys", err)
+	})
+}

@@ -1,0 +1,192 @@
+package engine
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"unicode/utf8"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Message limits of section 6.
+const (
+	MaxTextLength  = 32_000
+	MaxAttachments = 10
+)
+
+// AgentJoinedText is the system marker a human takeover inserts before the reply.
+const AgentJoinedText = "A team member has joined the conversation."
+
+// ValidateMessage trims text and checks section 6's body rules; it returns the text to store.
+func ValidateMessage(text string, attachments int) (string, error) {
+	text = strings.TrimSpace(text)
+	if text == "" && attachments == 0 {
+		return "", Errorf(CodeValidation, "a message needs text or at least one attachment")
+	}
+	if n := utf8.RuneCountInString(text); n > MaxTextLength {
+		return "", Errorf(CodeValidation, "text is %d characters after trimming; the limit is %d", n, MaxTextLength).
+			WithDetails(map[string]any{"field": "text", "length": n, "limit": MaxTextLength})
+	}
+	if attachments > MaxAttachments {
+		return "", Errorf(CodeValidation, "%d attachments; the limit is %d", attachments, MaxAttachments).
+			WithDetails(map[string]any{"field": "attachments", "limit": MaxAttachments})
+	}
+	return text, nil
+}
+
+// NewMessage is a message to post. Attachments are already stored assets.
+type NewMessage struct {
+	OrgID          string
+	ConversationID string
+	Author         Author
+	APIKeyID       string // the key that posted it, for agents and bots
+	Text           string
+	Attachments    []Attachment
+}
+
+// CheckMessage is section 6's status check as a caller runs it before any slow work (attachment
+// fetches); PostMessage applies the same rule again inside its unit.
+func CheckMessage(author Author, current Status) error {
+	if !PlanMessage(author, current).Allowed {
+		return invalidForMessage(author, current)
+	}
+	return nil
+}
+
+// PostMessage appends a message in one unit: any status change the author's rule makes (with its
+// conversation.updated event), the takeover's system marker, then the message, each with its
+// message.created event, and the idempotency record. The status rule is applied to the status
+// read inside the transaction, so concurrent takeovers write exactly one marker.
+func (db *DB) PostMessage(ctx context.Context, in NewMessage, idem *Idempotency) (Message, error) {
+	text, err := ValidateMessage(in.Text, len(in.Attachments))
+	if err != nil {
+		return Message{}, err
+	}
+	attachments := in.Attachments
+	if attachments == nil {
+		attachments = []Attachment{}
+	}
+	msgID := newID(PrefixMessage)
+	markerID := newID(PrefixMessage)
+	var out Message
+	err = db.Update(ctx, func(tx *Tx) error {
+		rec, err := readConversation(tx.bolt, in.OrgID, in.ConversationID)
+		if err != nil {
+			return err
+		}
+		plan := PlanMessage(in.Author, rec.Status)
+		if !plan.Allowed {
+			return invalidForMessage(in.Author, rec.Status)
+		}
+		old := *rec
+		now := Now()
+		rec.LastActivityAt = now
+		if plan.NewState != rec.Status {
+			changes := map[string]Change{"status": {From: rec.Status, To: plan.NewState}}
+			rec.Status = plan.NewState
+			if err := tx.appendEvent(in.OrgID, rec.ID, EventConversationUpdated, ConversationUpdatedData{Conversation: rec.Conversation, Changes: changes}); err != nil {
+				return err
+			}
+		}
+		if plan.Takeover {
+			marker := Message{
+				ID: markerID, Role: RoleSystem, Text: AgentJoinedText, Attachments: []Attachment{},
+				Metadata: MessageMetadata{Source: "system", Event: "agent_joined"},
+			}
+			if _, err := tx.appendMessage(rec, marker, now); err != nil {
+				return err
+			}
+		}
+		msg := Message{ID: msgID, Text: text, Attachments: attachments}
+		switch in.Author {
+		case AuthorAgent:
+			msg.Role, msg.Metadata = RoleAssistant, MessageMetadata{Source: "api", APIKeyID: in.APIKeyID}
+		case AuthorBot:
+			msg.Role, msg.Metadata = RoleAssistant, MessageMetadata{Source: "bot", APIKeyID: in.APIKeyID}
+		default:
+			msg.Role, msg.Metadata = RoleUser, MessageMetadata{Source: "widget"}
+		}
+		if out, err = tx.appendMessage(rec, msg, now); err != nil {
+			return err
+		}
+		if err := tx.putConversation(rec, &old); err != nil {
+			return err
+		}
+		return tx.saveIdempotency(in.OrgID, idem, out)
+	})
+	return out, err
+}
+
+// appendMessage gives msg the conversation's next seq and stores it with its event. rec is
+// updated in memory; the caller stores it once all of the unit's messages are appended.
+func (tx *Tx) appendMessage(rec *conversationRecord, msg Message, now Time) (Message, error) {
+	rec.LastSeq++
+	msg.Seq = rec.LastSeq
+	msg.ConversationID = rec.ID
+	msg.CreatedAt = now
+	if err := putJSON(tx.bolt.Bucket(bucketMsgs), join([]byte(rec.ID), u64(msg.Seq)), msg); err != nil {
+		return Message{}, err
+	}
+	err := tx.appendEvent(rec.OrgID, rec.ID, EventMessageCreated, MessageCreatedData{Message: msg, Conversation: rec.Conversation})
+	return msg, err
+}
+
+// RequestAgent is the visitor asking for a human: bot_active becomes agent_requested; in
+// agent_requested or open nothing changes; a finished conversation refuses.
+func (db *DB) RequestAgent(ctx context.Context, orgID, convID string, idem *Idempotency) (Conversation, error) {
+	var out Conversation
+	err := db.Update(ctx, func(tx *Tx) error {
+		rec, err := readConversation(tx.bolt, orgID, convID)
+		if err != nil {
+			return err
+		}
+		switch rec.Status {
+		case StatusBotActive:
+			old := *rec
+			rec.Status = StatusAgentRequested
+			rec.LastActivityAt = Now()
+			if err := tx.putConversation(rec, &old); err != nil {
+				return err
+			}
+			changes := map[string]Change{"status": {From: old.Status, To: rec.Status}}
+			if err := tx.appendEvent(orgID, convID, EventConversationUpdated, ConversationUpdatedData{Conversation: rec.Conversation, Changes: changes}); err != nil {
+				return err
+			}
+		case StatusAgentRequested, StatusOpen:
+		default:
+			return Errorf(CodeInvalidState, "conversation is %s: it can no longer request an agent", rec.Status).
+				WithDetails(map[string]any{"status": string(rec.Status)})
+		}
+		out = rec.Conversation
+		return tx.saveIdempotency(orgID, idem, out)
+	})
+	return out, err
+}
+
+// ListMessages returns up to limit messages of a conversation with seq > after, oldest first, and
+// whether more follow.
+func (db *DB) ListMessages(orgID, convID string, after uint64, limit int) ([]Message, bool, error) {
+	out := []Message{}
+	more := false
+	err := db.bolt.View(func(btx *bolt.Tx) error {
+		if _, err := readConversation(btx, orgID, convID); err != nil {
+			return err
+		}
+		prefix := []byte(convID)
+		c := btx.Bucket(bucketMsgs).Cursor()
+		for k, v := c.Seek(join(prefix, u64(after+1))); k != nil && len(k) == len(prefix)+8 && string(k[:len(prefix)]) == convID; k, v = c.Next() {
+			if len(out) == limit {
+				more = true
+				return nil
+			}
+			var m Message
+			if err := json.Unmarshal(v, &m); err != nil {
+				return err
+			}
+			out = append(out, m)
+		}
+		return nil
+	})
+	return out, more, err
+}

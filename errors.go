@@ -1,0 +1,59 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"log/slog"
+
+	"github.com/awardee/awardee/engine"
+	"github.com/valyala/fasthttp"
+)
+
+// statusOf is the one table from a contract code to an HTTP status.
+var statusOf = map[string]int{
+	engine.CodeValidation:          fasthttp.StatusBadRequest,
+	engine.CodeInvalidState:        fasthttp.StatusBadRequest,
+	engine.CodeUnauthorized:        fasthttp.StatusUnauthorized,
+	engine.CodeForbidden:           fasthttp.StatusForbidden,
+	engine.CodeNotFound:            fasthttp.StatusNotFound,
+	engine.CodeMethodNotAllowed:    fasthttp.StatusMethodNotAllowed,
+	engine.CodeIdempotencyInUse:    fasthttp.StatusConflict,
+	engine.CodePayloadTooLarge:     fasthttp.StatusRequestEntityTooLarge,
+	engine.CodeInvalidPayload:      fasthttp.StatusUnprocessableEntity,
+	engine.CodeIdempotencyMismatch: fasthttp.StatusUnprocessableEntity,
+	engine.CodeRateLimited:         fasthttp.StatusTooManyRequests,
+	engine.CodeInternal:            fasthttp.StatusInternalServerError,
+	engine.CodeUnavailable:         fasthttp.StatusServiceUnavailable,
+}
+
+type errorBody struct {
+	Error errorFields `json:"error"`
+}
+
+type errorFields struct {
+	Code    string         `json:"code"`
+	Message string         `json:"message"`
+	Details map[string]any `json:"details,omitempty"`
+}
+
+// renderError turns any error into its status and the contract's envelope. Errors that are not
+// an *engine.Error are faults: logged in full with the request id, shown only as "Internal error."
+func renderError(err error, log *slog.Logger, requestID string) (int, []byte) {
+	var e *engine.Error
+	if !errors.As(err, &e) {
+		log.Error("internal error", "request_id", requestID, "err", err)
+		e = &engine.Error{Code: engine.CodeInternal, Message: "Internal error."}
+	} else if e.Code == engine.CodeUnavailable {
+		log.Warn("unavailable", "request_id", requestID, "err", err)
+	}
+	status, ok := statusOf[e.Code]
+	if !ok {
+		status = fasthttp.StatusInternalServerError
+	}
+	body, mErr := json.Marshal(errorBody{Error: errorFields{Code: e.Code, Message: e.Message, Details: e.Details}})
+	if mErr != nil {
+		body = []byte(`{"error":{"code":"internal_error","message":"Internal error."}}`)
+		status = fasthttp.StatusInternalServerError
+	}
+	return status, body
+}

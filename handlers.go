@@ -1,0 +1,309 @@
+package main
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+
+	"github.com/awardee/awardee/engine"
+)
+
+// list is the contract's page shape.
+type list[T any] struct {
+	Data       []T     `json:"data"`
+	NextCursor *string `json:"next_cursor"`
+}
+
+func (s *server) createConversation(c *call) (any, error) {
+	var body struct {
+		Status  *string        `json:"status"`
+		Visitor *engine.Visitor `json:"visitor"`
+	}
+	if err := decodeJSON(c.ctx.PostBody(), &body, true); err != nil {
+		return nil, err
+	}
+	in := engine.NewConversation{}
+	if body.Status != nil {
+		in.Status = engine.Status(*body.Status)
+		if in.Status == "" {
+			return nil, engine.Errorf(engine.CodeValidation, "status must be bot_active, agent_requested or open").
+				WithDetails(map[string]any{"field": "status"})
+		}
+	}
+	if body.Visitor != nil {
+		in.Visitor = *body.Visitor
+	}
+	return s.db.CreateConversation(c.bg(), c.orgID(), in, c.idem)
+}
+
+func (s *server) widgetCreateConversation(c *call) (any, error) {
+	var body struct {
+		Visitor *engine.Visitor `json:"visitor"`
+	}
+	if err := decodeJSON(c.ctx.PostBody(), &body, true); err != nil {
+		return nil, err
+	}
+	in := engine.NewConversation{}
+	if body.Visitor != nil {
+		in.Visitor = *body.Visitor
+	}
+	return s.db.CreateConversation(c.bg(), c.orgID(), in, c.idem)
+}
+
+// conversationID is the path's conversation, which a visitor token may only name as its own;
+// any other id answers 404 like a missing one.
+func conversationID(c *call) (string, error) {
+	id := c.param("id")
+	if c.who.Kind == engine.KeyVisitor && id != c.who.ConversationID {
+		return "", engine.Errorf(engine.CodeNotFound, "conversation not found")
+	}
+	return id, nil
+}
+
+func (s *server) getConversation(c *call) (any, error) {
+	id, err := conversationID(c)
+	if err != nil {
+		return nil, err
+	}
+	return s.db.Conversation(c.orgID(), id)
+}
+
+func (s *server) listConversations(c *call) (any, error) {
+	limit, err := queryLimit(c.ctx)
+	if err != nil {
+		return nil, err
+	}
+	args := c.ctx.QueryArgs()
+	var cursor []byte
+	if raw := args.Peek("cursor"); len(raw) > 0 {
+		if cursor, err = base64.RawURLEncoding.DecodeString(string(raw)); err != nil {
+			return nil, engine.Errorf(engine.CodeValidation, "cursor is not one this API gave out").WithDetails(map[string]any{"field": "cursor"})
+		}
+	}
+	convs, next, err := s.db.ListConversations(c.orgID(), engine.Status(args.Peek("status")), cursor, limit)
+	if err != nil {
+		return nil, err
+	}
+	page := list[engine.Conversation]{Data: convs}
+	if page.Data == nil {
+		page.Data = []engine.Conversation{}
+	}
+	if next != nil {
+		s := base64.RawURLEncoding.EncodeToString(next)
+		page.NextCursor = &s
+	}
+	return page, nil
+}
+
+func (s *server) patchConversation(c *call) (any, error) {
+	id := c.param("id")
+	if _, err := s.db.Conversation(c.orgID(), id); err != nil {
+		return nil, err
+	}
+	var fields map[string]json.RawMessage
+	if err := decodeJSON(c.ctx.PostBody(), &fields, false); err != nil {
+		return nil, err
+	}
+	var patch engine.ConversationPatch
+	if raw, ok := fields["status"]; ok {
+		var st string
+		if err := json.Unmarshal(raw, &st); err != nil {
+			return nil, fieldTypeError("status", "a string")
+		}
+		status := engine.Status(st)
+		patch.Status = &status
+	}
+	if raw, ok := fields["assignee"]; ok {
+		patch.SetAssignee = true
+		if err := json.Unmarshal(raw, &patch.Assignee); err != nil {
+			return nil, fieldTypeError("assignee", "a string or null")
+		}
+	}
+	return s.db.UpdateConversation(c.bg(), c.orgID(), id, patch, c.idem)
+}
+
+// messageBody is section 6's request body.
+type messageBody struct {
+	Text        *string `json:"text"`
+	Attachments []struct {
+		URL *string `json:"url"`
+	} `json:"attachments"`
+}
+
+// decodeMessageBody parses and checks a message body: bad JSON, wrong types, neither text nor
+// attachments, too long or too many are validation errors. It returns the trimmed text and the
+// attachment URLs.
+func decodeMessageBody(raw []byte) (string, []string, error) {
+	var body messageBody
+	if err := decodeJSON(raw, &body, false); err != nil {
+		return "", nil, err
+	}
+	urls := make([]string, 0, len(body.Attachments))
+	for i, a := range body.Attachments {
+		if a.URL == nil {
+			return "", nil, engine.Errorf(engine.CodeValidation, "attachments[%d].url is required", i).
+				WithDetails(map[string]any{"field": fmt.Sprintf("attachments[%d].url", i)})
+		}
+		urls = append(urls, *a.URL)
+	}
+	text := ""
+	if body.Text != nil {
+		text = *body.Text
+	}
+	text, err := engine.ValidateMessage(text, len(urls))
+	return text, urls, err
+}
+
+func (s *server) postAgentMessage(c *call) (any, error) {
+	return s.postMessage(c, engine.AuthorAgent)
+}
+
+func (s *server) postBotMessage(c *call) (any, error) {
+	return s.postMessage(c, engine.AuthorBot)
+}
+
+func (s *server) postVisitorMessage(c *call) (any, error) {
+	return s.postMessage(c, engine.AuthorVisitor)
+}
+
+// postMessage runs section 6's checks after idempotency, in order: conversation (404), body
+// (400), status (400), attachments (422), then the one commit.
+func (s *server) postMessage(c *call, author engine.Author) (any, error) {
+	id, err := conversationID(c)
+	if err != nil {
+		return nil, err
+	}
+	conv, err := s.db.Conversation(c.orgID(), id)
+	if err != nil {
+		return nil, err
+	}
+	text, urls, err := decodeMessageBody(c.ctx.PostBody())
+	if err != nil {
+		return nil, err
+	}
+	if err := engine.CheckMessage(author, conv.Status); err != nil {
+		return nil, err
+	}
+	attachments, err := s.attach.Attach(c.bg(), c.orgID(), urls)
+	if err != nil {
+		return nil, err
+	}
+	msg, err := s.db.PostMessage(c.bg(), engine.NewMessage{
+		OrgID: c.orgID(), ConversationID: id, Author: author, APIKeyID: c.who.KeyID,
+		Text: text, Attachments: attachments,
+	}, c.idem)
+	if err == nil {
+		s.metrics.messagePosted(msg.Metadata.Source)
+	}
+	return msg, err
+}
+
+func (s *server) requestAgent(c *call) (any, error) {
+	id, err := conversationID(c)
+	if err != nil {
+		return nil, err
+	}
+	return s.db.RequestAgent(c.bg(), c.orgID(), id, c.idem)
+}
+
+// afterParam reads a "resume after this position" parameter: ?after=N, or the opaque cursor of a
+// previous page (which encodes the same number).
+func afterParam(c *call, name string) (uint64, error) {
+	args := c.ctx.QueryArgs()
+	raw := args.Peek("cursor")
+	field := "cursor"
+	if len(raw) == 0 {
+		raw, field = args.Peek(name), name
+	}
+	if len(raw) == 0 {
+		return 0, nil
+	}
+	n, err := strconv.ParseUint(string(raw), 10, 63)
+	if err != nil {
+		return 0, engine.Errorf(engine.CodeValidation, "%s must be a whole number of at least 0", field).WithDetails(map[string]any{"field": field})
+	}
+	return n, nil
+}
+
+func (s *server) listMessages(c *call) (any, error) {
+	id, err := conversationID(c)
+	if err != nil {
+		return nil, err
+	}
+	limit, err := queryLimit(c.ctx)
+	if err != nil {
+		return nil, err
+	}
+	after, err := afterParam(c, "after")
+	if err != nil {
+		return nil, err
+	}
+	msgs, more, err := s.db.ListMessages(c.orgID(), id, after, limit)
+	if err != nil {
+		return nil, err
+	}
+	page := list[engine.Message]{Data: msgs}
+	if more {
+		next := strconv.FormatUint(msgs[len(msgs)-1].Seq, 10)
+		page.NextCursor = &next
+	}
+	return page, nil
+}
+
+func (s *server) listEvents(c *call) (any, error) {
+	limit, err := queryLimit(c.ctx)
+	if err != nil {
+		return nil, err
+	}
+	after, err := afterParam(c, "after")
+	if err != nil {
+		return nil, err
+	}
+	events, more, err := s.db.ListEvents(c.orgID(), after, limit)
+	if err != nil {
+		return nil, err
+	}
+	page := list[engine.Event]{Data: events}
+	if more {
+		next := strconv.FormatUint(events[len(events)-1].Offset, 10)
+		page.NextCursor = &next
+	}
+	return page, nil
+}
+
+// decodeJSON decodes one JSON object; unknown fields are ignored. An empty body is an empty
+// object when emptyOK (endpoints whose every field is optional).
+func decodeJSON(raw []byte, v any, emptyOK bool) error {
+	if len(raw) == 0 && emptyOK {
+		return nil
+	}
+	trimmed := trimSpace(raw)
+	if len(trimmed) == 0 || trimmed[0] != '{' {
+		return engine.Errorf(engine.CodeValidation, "the body must be a JSON object")
+	}
+	if err := json.Unmarshal(trimmed, v); err != nil {
+		var typeErr *json.UnmarshalTypeError
+		if errors.As(err, &typeErr) && typeErr.Field != "" {
+			return engine.Errorf(engine.CodeValidation, "%s has the wrong type (got %s)", typeErr.Field, typeErr.Value).
+				WithDetails(map[string]any{"field": typeErr.Field})
+		}
+		return engine.Errorf(engine.CodeValidation, "the body is not valid JSON: %s", err.Error())
+	}
+	return nil
+}
+
+func fieldTypeError(field, want string) error {
+	return engine.Errorf(engine.CodeValidation, "%s must be %s", field, want).WithDetails(map[string]any{"field": field})
+}
+
+func trimSpace(b []byte) []byte {
+	for len(b) > 0 && (b[0] == ' ' || b[0] == '\t' || b[0] == '\n' || b[0] == '\r') {
+		b = b[1:]
+	}
+	for len(b) > 0 && (b[len(b)-1] == ' ' || b[len(b)-1] == '\t' || b[len(b)-1] == '\n' || b[len(b)-1] == '\r') {
+		b = b[:len(b)-1]
+	}
+	return b
+}

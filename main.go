@@ -1,0 +1,212 @@
+// Command awardee is a self-hosted chat-support server: one binary, one bbolt file, one node.
+//
+// Subcommands: serve, org create, org update, key create, backup. Every flag also reads its
+// AWARDEE_<FLAG> environment variable.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/awardee/awardee/engine"
+)
+
+const usage = `usage:
+  awardee serve [--addr 127.0.0.1:8080] [--data ./awardee-data] [flags]
+  awardee org create --data DIR --name NAME [--rate 50] [--burst 100] [--initial-status open]
+  awardee org update --data DIR --org ORG_ID [--rate R] [--burst B]
+  awardee key create --data DIR --org ORG_ID [--name NAME]
+  awardee backup --data DIR OUT
+Run "awardee <command> -h" for a command's flags.
+`
+
+func main() {
+	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "awardee:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return errors.New("no command given")
+	}
+	switch cmd, rest := args[0], args[1:]; cmd {
+	case "serve":
+		return serveCommand(rest, stdout, stderr)
+	case "org":
+		if len(rest) > 0 && rest[0] == "create" {
+			return orgCreateCommand(rest[1:], stdout)
+		}
+		if len(rest) > 0 && rest[0] == "update" {
+			return orgUpdateCommand(rest[1:], stdout)
+		}
+	case "key":
+		if len(rest) > 0 && rest[0] == "create" {
+			return keyCreateCommand(rest[1:], stdout)
+		}
+	case "backup":
+		return backupCommand(rest, stdout)
+	case "-h", "--help", "help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	}
+	fmt.Fprint(stderr, usage)
+	return fmt.Errorf("unknown command %q", args[0])
+}
+
+func serveCommand(args []string, stdout, stderr io.Writer) error {
+	cfg := defaultConfig()
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	bindServeFlags(fs, &cfg)
+	if err := parseWithEnv(fs, args); err != nil {
+		return err
+	}
+	logger := slog.New(slog.NewTextHandler(stderr, nil))
+	srv, err := newServer(cfg, logger, stdout)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	errc := make(chan error, 1)
+	go func() { errc <- srv.ListenAndServe() }()
+	select {
+	case err := <-errc:
+		srv.Close(context.Background())
+		return err
+	case <-ctx.Done():
+	}
+	logger.Info("shutting down: draining requests")
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancel()
+	if err := srv.Close(shutdownCtx); err != nil {
+		return err
+	}
+	logger.Info("stopped cleanly")
+	return nil
+}
+
+// openOffline opens a data directory for a one-shot command, failing fast with a clear message
+// when a server holds it.
+func openOffline(dir string) (*engine.DB, error) {
+	if dir == "" {
+		return nil, errors.New("--data is required")
+	}
+	db, err := engine.Open(dir, engine.Options{LockTimeout: time.Second})
+	if errors.Is(err, engine.ErrLocked) {
+		return nil, fmt.Errorf("%w; stop it first or use the running server", err)
+	}
+	return db, err
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	return enc.Encode(v)
+}
+
+func orgCreateCommand(args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("org create", flag.ContinueOnError)
+	dir := fs.String("data", "", "data directory")
+	name := fs.String("name", "", "org name")
+	rate := fs.Float64("rate", engine.DefaultRate, "requests per second of the org's shared window")
+	burst := fs.Int("burst", engine.DefaultBurst, "burst of the org's shared window")
+	initial := fs.String("initial-status", string(engine.DefaultInitialStatus), "status of conversations the widget opens")
+	if err := parseWithEnv(fs, args); err != nil {
+		return err
+	}
+	db, err := openOffline(*dir)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	out, err := db.CreateOrg(context.Background(), engine.NewOrg{Name: *name, Rate: *rate, Burst: *burst, InitialStatus: engine.Status(*initial)})
+	if err != nil {
+		return err
+	}
+	return printJSON(stdout, out)
+}
+
+func orgUpdateCommand(args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("org update", flag.ContinueOnError)
+	dir := fs.String("data", "", "data directory")
+	orgID := fs.String("org", "", "org id")
+	rate := fs.Float64("rate", 0, "new requests per second")
+	burst := fs.Int("burst", 0, "new burst")
+	if err := parseWithEnv(fs, args); err != nil {
+		return err
+	}
+	var u engine.OrgUpdate
+	fs.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "rate":
+			u.Rate = rate
+		case "burst":
+			u.Burst = burst
+		}
+	})
+	db, err := openOffline(*dir)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	org, err := db.UpdateOrg(context.Background(), *orgID, u)
+	if err != nil {
+		return err
+	}
+	return printJSON(stdout, org)
+}
+
+func keyCreateCommand(args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("key create", flag.ContinueOnError)
+	dir := fs.String("data", "", "data directory")
+	orgID := fs.String("org", "", "org id")
+	name := fs.String("name", "", "a name for the key")
+	if err := parseWithEnv(fs, args); err != nil {
+		return err
+	}
+	db, err := openOffline(*dir)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	out, err := db.CreateAPIKey(context.Background(), *orgID, *name)
+	if err != nil {
+		return err
+	}
+	return printJSON(stdout, out)
+}
+
+func backupCommand(args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("backup", flag.ContinueOnError)
+	dir := fs.String("data", "", "data directory")
+	if err := parseWithEnv(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return errors.New("backup needs one output path: awardee backup --data DIR OUT")
+	}
+	if _, err := os.Stat(*dir); err != nil {
+		return fmt.Errorf("data directory: %w", err)
+	}
+	db, err := openOffline(*dir)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	if err := db.BackupFile(fs.Arg(0)); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "backup written to %s\n", fs.Arg(0))
+	return nil
+}

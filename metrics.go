@@ -1,0 +1,75 @@
+package main
+
+import (
+	"strconv"
+	"time"
+
+	"github.com/awardee/awardee/engine"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/valyala/fasthttp"
+	"github.com/valyala/fasthttp/fasthttpadaptor"
+)
+
+// metrics is the server's Prometheus registry: its own, not the global default, so that two
+// servers in one test process never share counters.
+type metrics struct {
+	registry *prometheus.Registry
+	requests *prometheus.HistogramVec
+	messages *prometheus.CounterVec
+}
+
+func newMetrics(db *engine.DB) *metrics {
+	m := &metrics{
+		registry: prometheus.NewRegistry(),
+		requests: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "awardee_http_request_duration_seconds",
+			Help:    "HTTP request latency by route, method and status; its _count is the request count.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 15},
+		}, []string{"route", "method", "status"}),
+		messages: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "awardee_messages_posted_total",
+			Help: "Messages posted through the API, by source (api, bot, widget).",
+		}, []string{"source"}),
+	}
+	m.registry.MustRegister(m.requests, m.messages,
+		conversationsCollector{db: db, desc: prometheus.NewDesc("awardee_conversations", "Conversations by status, across all orgs.", []string{"status"}, nil)},
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+func (m *metrics) observe(route string, ctx *fasthttp.RequestCtx, start time.Time) {
+	m.requests.WithLabelValues(route, string(ctx.Method()), strconv.Itoa(ctx.Response.StatusCode())).
+		Observe(time.Since(start).Seconds())
+}
+
+func (m *metrics) messagePosted(source string) { m.messages.WithLabelValues(source).Inc() }
+
+func (m *metrics) handler() fasthttp.RequestHandler {
+	h := fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{}))
+	return func(ctx *fasthttp.RequestCtx) {
+		setRequestID(ctx)
+		h(ctx)
+	}
+}
+
+// conversationsCollector reads the per-status counts the engine keeps in step with every write,
+// at scrape time, so the gauge can never drift from the database.
+type conversationsCollector struct {
+	db   *engine.DB
+	desc *prometheus.Desc
+}
+
+func (c conversationsCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c conversationsCollector) Collect(ch chan<- prometheus.Metric) {
+	counts, err := c.db.CountByStatus()
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(c.desc, err)
+		return
+	}
+	for _, s := range engine.Statuses {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(counts[s]), string(s))
+	}
+}

@@ -1,0 +1,251 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/awardee/awardee/engine"
+	"github.com/oklog/ulid/v2"
+	"github.com/valyala/fasthttp"
+	"github.com/zeebo/blake3"
+)
+
+// keyNeed is which kind of bearer secret a route takes.
+type keyNeed int
+
+const (
+	needAPIKey keyNeed = iota
+	needWidgetKey
+	needVisitor
+)
+
+// call is one authenticated request as a handler sees it.
+type call struct {
+	ctx  *fasthttp.RequestCtx
+	who  engine.Principal
+	idem *engine.Idempotency // nil unless the request carries an Idempotency-Key
+}
+
+func (c *call) param(name string) string {
+	v, _ := c.ctx.UserValue(name).(string)
+	return v
+}
+
+// bg is the context of the engine calls a handler makes. Not the request's own: fasthttp cancels
+// that at shutdown, and a draining server must still finish the requests it accepted.
+func (c *call) bg() context.Context { return context.Background() }
+
+// orgID is the org every lookup of this call is scoped to.
+func (c *call) orgID() string { return c.who.OrgID }
+
+// handler does a route's own work after the shared steps; it returns the success body (encoded as
+// JSON with the route's status) or an error.
+type handler func(c *call) (any, error)
+
+// route wraps h in the steps every API request takes, in the contract's order: request id, auth,
+// rate limit, idempotency (for POST and PATCH), then h; and metrics around all of it.
+func (s *server) route(name string, need keyNeed, okStatus int, h handler) fasthttp.RequestHandler {
+	return func(ctx *fasthttp.RequestCtx) {
+		start := time.Now()
+		s.serveRoute(ctx, need, okStatus, h)
+		s.metrics.observe(name, ctx, start)
+	}
+}
+
+func (s *server) serveRoute(ctx *fasthttp.RequestCtx, need keyNeed, okStatus int, h handler) {
+	setRequestID(ctx)
+	if need != needAPIKey {
+		setCORS(ctx)
+	}
+	who, err := s.authenticate(ctx, need)
+	if err != nil {
+		s.writeError(ctx, err)
+		return
+	}
+	c := &call{ctx: ctx, who: who}
+	if err := s.limits.allow(ctx, who); err != nil {
+		s.writeError(ctx, err)
+		return
+	}
+	if !ctx.IsPost() && !ctx.IsPatch() {
+		s.finish(c, okStatus, h)
+		return
+	}
+	key := ctx.Request.Header.Peek("Idempotency-Key")
+	if key == nil {
+		s.finish(c, okStatus, h)
+		return
+	}
+	if !validIdempotencyKey(key) {
+		s.writeError(ctx, engine.Errorf(engine.CodeValidation, "Idempotency-Key must be 1 to 255 printable ASCII characters").
+			WithDetails(map[string]any{"header": "Idempotency-Key"}))
+		return
+	}
+	scoped := who.OrgID + string(key)
+	if !s.inflight.acquire(scoped) {
+		s.writeError(ctx, engine.Errorf(engine.CodeIdempotencyInUse, "a request with this Idempotency-Key is still in progress; retry after it finishes"))
+		return
+	}
+	defer s.inflight.release(scoped)
+	c.idem = &engine.Idempotency{Key: string(key), Fingerprint: fingerprint(ctx), Status: okStatus}
+	rec, err := s.db.LookupIdempotency(who.OrgID, c.idem.Key, s.cfg.IdempotencyTTL)
+	if err != nil {
+		s.writeError(ctx, err)
+		return
+	}
+	if rec != nil {
+		if !rec.Matches(c.idem.Fingerprint) {
+			s.writeError(ctx, engine.Errorf(engine.CodeIdempotencyMismatch, "this Idempotency-Key was used for a different request (method, path or body)"))
+			return
+		}
+		ctx.Response.Header.Set("Idempotent-Replayed", "true")
+		writeJSON(ctx, rec.Status, rec.Body)
+		return
+	}
+	s.finish(c, okStatus, h)
+}
+
+// finish runs the handler and answers. With an idempotency key, a 4xx outcome is stored here
+// (a 2xx was stored by the engine with its effects; 409, 429 and 5xx are never stored).
+func (s *server) finish(c *call, okStatus int, h handler) {
+	result, err := h(c)
+	if err == nil {
+		body, mErr := json.Marshal(result)
+		if mErr != nil {
+			s.writeError(c.ctx, mErr)
+			return
+		}
+		writeJSON(c.ctx, okStatus, body)
+		return
+	}
+	status, body := renderError(err, s.log, requestID(c.ctx))
+	if c.idem != nil && status >= 400 && status < 500 && status != fasthttp.StatusConflict && status != fasthttp.StatusTooManyRequests {
+		if sErr := s.db.SaveOutcome(context.Background(), c.orgID(), c.idem, status, body); sErr != nil {
+			// Not stored means a retry runs again, which is safe for an outcome with no effect.
+			s.log.Warn("idempotency outcome not stored", "request_id", requestID(c.ctx), "err", sErr)
+		}
+	}
+	writeJSON(c.ctx, status, body)
+}
+
+func (s *server) writeError(ctx *fasthttp.RequestCtx, err error) {
+	setRequestID(ctx)
+	status, body := renderError(err, s.log, requestID(ctx))
+	writeJSON(ctx, status, body)
+}
+
+func writeJSON(ctx *fasthttp.RequestCtx, status int, body []byte) {
+	ctx.SetStatusCode(status)
+	ctx.SetContentType("application/json")
+	ctx.SetBody(body)
+}
+
+// setRequestID gives the response its X-Request-Id once; a ULID, so ids sort by time in logs.
+func setRequestID(ctx *fasthttp.RequestCtx) {
+	if len(ctx.Response.Header.Peek("X-Request-Id")) == 0 {
+		ctx.Response.Header.Set("X-Request-Id", "req_"+ulid.Make().String())
+	}
+}
+
+func requestID(ctx *fasthttp.RequestCtx) string {
+	return string(ctx.Response.Header.Peek("X-Request-Id"))
+}
+
+func validIdempotencyKey(k []byte) bool {
+	if len(k) == 0 || len(k) > 255 {
+		return false
+	}
+	for _, b := range k {
+		if b < 0x20 || b > 0x7e {
+			return false
+		}
+	}
+	return true
+}
+
+// fingerprint is BLAKE3 over method, path and the BLAKE3 of the body bytes, as section 7 defines.
+func fingerprint(ctx *fasthttp.RequestCtx) [32]byte {
+	bodyHash := blake3.Sum256(ctx.PostBody())
+	h := blake3.New()
+	h.Write(ctx.Method())
+	h.Write([]byte{0})
+	h.Write(ctx.Path())
+	h.Write([]byte{0})
+	h.Write(bodyHash[:])
+	var out [32]byte
+	copy(out[:], h.Sum(nil))
+	return out
+}
+
+// authenticate finds the request's principal and checks that it is the kind the route takes.
+func (s *server) authenticate(ctx *fasthttp.RequestCtx, need keyNeed) (engine.Principal, error) {
+	auth := ctx.Request.Header.Peek("Authorization")
+	secret, ok := bytes.CutPrefix(auth, []byte("Bearer "))
+	if !ok {
+		return engine.Principal{}, engine.Errorf(engine.CodeUnauthorized, "send your key as Authorization: Bearer <key>")
+	}
+	who, err := s.db.Authenticate(strings.TrimSpace(string(secret)))
+	if err != nil {
+		return who, err
+	}
+	want := map[keyNeed]engine.KeyKind{needAPIKey: engine.KeyAPI, needWidgetKey: engine.KeyWidget, needVisitor: engine.KeyVisitor}[need]
+	if who.Kind != want {
+		return engine.Principal{}, engine.Errorf(engine.CodeForbidden, "this endpoint takes %s, not %s", kindName(want), kindName(who.Kind))
+	}
+	return who, nil
+}
+
+func kindName(k engine.KeyKind) string {
+	switch k {
+	case engine.KeyAPI:
+		return "an API key (ak_…)"
+	case engine.KeyWidget:
+		return "a widget key (wk_…)"
+	default:
+		return "a visitor token (vt_…)"
+	}
+}
+
+// inflightKeys is the in-memory set of idempotency keys whose first request is still running:
+// a second one gets 409 at once, without waiting and without touching the disk.
+type inflightKeys struct {
+	mu   sync.Mutex
+	keys map[string]struct{}
+}
+
+func newInflightKeys() *inflightKeys { return &inflightKeys{keys: make(map[string]struct{})} }
+
+func (k *inflightKeys) acquire(key string) bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if _, busy := k.keys[key]; busy {
+		return false
+	}
+	k.keys[key] = struct{}{}
+	return true
+}
+
+func (k *inflightKeys) release(key string) {
+	k.mu.Lock()
+	delete(k.keys, key)
+	k.mu.Unlock()
+}
+
+// queryLimit reads ?limit= (1–100, default 50).
+func queryLimit(ctx *fasthttp.RequestCtx) (int, error) {
+	raw := ctx.QueryArgs().Peek("limit")
+	if raw == nil {
+		return 50, nil
+	}
+	n, err := strconv.Atoi(string(raw))
+	if err != nil || n < 1 || n > 100 {
+		return 0, engine.Errorf(engine.CodeValidation, "limit must be a whole number from 1 to 100").
+			WithDetails(map[string]any{"field": "limit"})
+	}
+	return n, nil
+}

@@ -1,0 +1,211 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/awardee/awardee/engine"
+	"github.com/fasthttp/router"
+	"github.com/valyala/fasthttp"
+)
+
+// maxBodySize is the contract's request body limit; fasthttp refuses larger bodies while reading,
+// before any handler (and so before auth) runs.
+const maxBodySize = 1 << 20
+
+// server wires the engine to HTTP and owns every background goroutine it starts.
+type server struct {
+	cfg      Config
+	db       *engine.DB
+	log      *slog.Logger
+	http     *fasthttp.Server
+	metrics  *metrics
+	limits   *limiter
+	inflight *inflightKeys
+	attach   attacher
+
+	stopBackground context.CancelFunc
+	background     sync.WaitGroup
+	closeOnce      sync.Once
+	closeErr       error
+}
+
+// newServer opens the database, creates org "default" on an empty one (printing its secrets once
+// to out) and starts the background sweepers. It does not listen yet.
+func newServer(cfg Config, log *slog.Logger, out io.Writer) (*server, error) {
+	db, err := engine.Open(cfg.Data, engine.Options{})
+	if err != nil {
+		return nil, err
+	}
+	s := &server{cfg: cfg, db: db, log: log, inflight: newInflightKeys(), attach: refuseAttachments{}}
+	if err := s.bootstrap(out); err != nil {
+		db.Close()
+		return nil, err
+	}
+	s.metrics = newMetrics(db)
+	s.limits = newLimiter(db)
+	s.http = &fasthttp.Server{
+		Handler:            s.routes(),
+		Name:               "awardee",
+		MaxRequestBodySize: maxBodySize,
+		ReadTimeout:        30 * time.Second,
+		WriteTimeout:       30 * time.Second,
+		IdleTimeout:        2 * time.Minute,
+		ErrorHandler:       s.transportError,
+		Logger:             fasthttpLogger{log},
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s.stopBackground = cancel
+	s.background.Add(2)
+	go func() {
+		defer s.background.Done()
+		db.RunMaintenance(ctx, engine.Maintenance{
+			EventRetention: cfg.EventRetention,
+			IdempotencyTTL: cfg.IdempotencyTTL,
+			Every:          cfg.SweepEvery,
+			OnError:        func(what string, err error) { log.Error("sweep failed", "what", what, "err", err) },
+		})
+	}()
+	go func() {
+		defer s.background.Done()
+		s.limits.forgetIdle(ctx, time.Minute)
+	}()
+	return s, nil
+}
+
+func (s *server) bootstrap(out io.Writer) error {
+	orgs, err := s.db.Orgs()
+	if err != nil || len(orgs) > 0 {
+		return err
+	}
+	created, err := s.db.CreateOrg(context.Background(), engine.NewOrg{Name: "default"})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "Created org \"default\" (%s). Its secrets are shown only this once:\n  API key:    %s\n  widget key: %s\n",
+		created.OrgID, created.APIKey, created.WidgetKey)
+	return nil
+}
+
+// ListenAndServe listens on cfg.Addr and serves until Close.
+func (s *server) ListenAndServe() error {
+	ln, err := net.Listen("tcp", s.cfg.Addr)
+	if err != nil {
+		s.Close(context.Background())
+		return err
+	}
+	s.log.Info("listening", "addr", ln.Addr().String(), "data", s.cfg.Data)
+	return s.Serve(ln)
+}
+
+// Serve serves on ln until Close.
+func (s *server) Serve(ln net.Listener) error {
+	err := s.http.Serve(ln)
+	if errors.Is(err, net.ErrClosed) {
+		return nil
+	}
+	return err
+}
+
+// Close stops in the reverse order of start: stop accepting and drain in-flight requests (until
+// ctx ends), stop the background loops, drain the commit loop and close the database.
+func (s *server) Close(ctx context.Context) error {
+	s.closeOnce.Do(func() {
+		if err := s.http.ShutdownWithContext(ctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+			s.log.Warn("http shutdown", "err", err)
+		}
+		s.stopBackground()
+		s.background.Wait()
+		s.closeErr = s.db.Close()
+	})
+	return s.closeErr
+}
+
+// transportError answers what fasthttp refuses before routing, in the contract's envelope.
+func (s *server) transportError(ctx *fasthttp.RequestCtx, err error) {
+	code, msg := engine.CodeValidation, "the request could not be read"
+	if errors.Is(err, fasthttp.ErrBodyTooLarge) {
+		code, msg = engine.CodePayloadTooLarge, "request bodies are limited to 1 MiB"
+	}
+	s.writeError(ctx, engine.Errorf(code, "%s", msg))
+	s.metrics.observe("unmatched", ctx, time.Now())
+}
+
+type fasthttpLogger struct{ log *slog.Logger }
+
+func (l fasthttpLogger) Printf(format string, args ...any) {
+	l.log.Debug(fmt.Sprintf(format, args...))
+}
+
+// routes is the whole HTTP surface.
+func (s *server) routes() fasthttp.RequestHandler {
+	r := router.New()
+	r.RedirectTrailingSlash = false
+	r.RedirectFixedPath = false
+	r.HandleOPTIONS = false
+	r.SaveMatchedRoutePath = false
+
+	r.POST("/conversations", s.route("/conversations", needAPIKey, 201, s.createConversation))
+	r.GET("/conversations", s.route("/conversations", needAPIKey, 200, s.listConversations))
+	r.GET("/conversations/{id}", s.route("/conversations/{id}", needAPIKey, 200, s.getConversation))
+	r.PATCH("/conversations/{id}", s.route("/conversations/{id}", needAPIKey, 200, s.patchConversation))
+	r.POST("/conversations/{id}/messages", s.route("/conversations/{id}/messages", needAPIKey, 201, s.postAgentMessage))
+	r.GET("/conversations/{id}/messages", s.route("/conversations/{id}/messages", needAPIKey, 200, s.listMessages))
+	r.POST("/conversations/{id}/bot-messages", s.route("/conversations/{id}/bot-messages", needAPIKey, 201, s.postBotMessage))
+	r.GET("/events", s.route("/events", needAPIKey, 200, s.listEvents))
+
+	r.POST("/widget/conversations", s.route("/widget/conversations", needWidgetKey, 201, s.widgetCreateConversation))
+	r.GET("/widget/conversations/{id}", s.route("/widget/conversations/{id}", needVisitor, 200, s.getConversation))
+	r.GET("/widget/conversations/{id}/messages", s.route("/widget/conversations/{id}/messages", needVisitor, 200, s.listMessages))
+	r.POST("/widget/conversations/{id}/messages", s.route("/widget/conversations/{id}/messages", needVisitor, 201, s.postVisitorMessage))
+	r.POST("/widget/conversations/{id}/request-agent", s.route("/widget/conversations/{id}/request-agent", needVisitor, 200, s.requestAgent))
+	r.OPTIONS("/widget/{path:*}", s.preflight)
+
+	r.GET("/healthz", s.healthz)
+	r.GET("/metrics", s.metrics.handler())
+
+	r.NotFound = func(ctx *fasthttp.RequestCtx) {
+		start := time.Now()
+		s.writeError(ctx, engine.Errorf(engine.CodeNotFound, "no route for %s", ctx.Path()))
+		s.metrics.observe("unmatched", ctx, start)
+	}
+	r.MethodNotAllowed = func(ctx *fasthttp.RequestCtx) {
+		start := time.Now()
+		s.writeError(ctx, engine.Errorf(engine.CodeMethodNotAllowed, "%s is not allowed on %s", ctx.Method(), ctx.Path()))
+		s.metrics.observe("unmatched", ctx, start)
+	}
+	r.PanicHandler = func(ctx *fasthttp.RequestCtx, v any) {
+		s.writeError(ctx, fmt.Errorf("panic: %v", v))
+	}
+	return r.Handler
+}
+
+func (s *server) healthz(ctx *fasthttp.RequestCtx) {
+	start := time.Now()
+	setRequestID(ctx)
+	ctx.SetContentType("application/json")
+	ctx.SetBodyString(`{"status":"ok"}`)
+	s.metrics.observe("/healthz", ctx, start)
+}
+
+// preflight answers browsers' CORS checks for the widget endpoints, which web pages on other
+// origins call with a bearer token (no cookies, so a wildcard origin is safe).
+func (s *server) preflight(ctx *fasthttp.RequestCtx) {
+	setRequestID(ctx)
+	setCORS(ctx)
+	ctx.Response.Header.Set("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
+	ctx.Response.Header.Set("Access-Control-Allow-Headers", "Authorization, Content-Type, Idempotency-Key")
+	ctx.Response.Header.Set("Access-Control-Max-Age", "600")
+	ctx.SetStatusCode(fasthttp.StatusNoContent)
+}
+
+func setCORS(ctx *fasthttp.RequestCtx) {
+	ctx.Response.Header.Set("Access-Control-Allow-Origin", "*")
+	ctx.Response.Header.Set("Access-Control-Expose-Headers", "X-Request-Id, Retry-After, RateLimit, RateLimit-Policy, Idempotent-Replayed")
+}
