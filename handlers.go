@@ -18,7 +18,7 @@ type list[T any] struct {
 
 func (s *server) createConversation(c *call) (any, error) {
 	var body struct {
-		Status  *string        `json:"status"`
+		Status  *string         `json:"status"`
 		Visitor *engine.Visitor `json:"visitor"`
 	}
 	if err := decodeJSON(c.ctx.PostBody(), &body, true); err != nil {

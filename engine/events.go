@@ -158,4 +158,3 @@ func sweepEvery(ctx context.Context, interval time.Duration, fn func(context.Con
 		}
 	}
 }
-
