@@ -45,6 +45,13 @@ func (c Config) publicURL() string {
 	return "http://" + c.Addr
 }
 
+// newServeFlagSet binds every serve flag to c, whose current values are the defaults shown.
+func newServeFlagSet(c *Config) *flag.FlagSet {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	bindServeFlags(fs, c)
+	return fs
+}
+
 func bindServeFlags(fs *flag.FlagSet, c *Config) {
 	fs.StringVar(&c.Addr, "addr", c.Addr, "address to listen on")
 	fs.StringVar(&c.Data, "data", c.Data, "data directory (created when missing)")

@@ -67,9 +67,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 
 func serveCommand(args []string, stdout, stderr io.Writer) error {
 	cfg := defaultConfig()
-	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	bindServeFlags(fs, &cfg)
-	if err := parseWithEnv(fs, args); err != nil {
+	if err := parseWithEnv(newServeFlagSet(&cfg), args); err != nil {
 		return err
 	}
 	logger := slog.New(slog.NewTextHandler(stderr, nil))

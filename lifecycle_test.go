@@ -1,0 +1,387 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/awardee/awardee/engine"
+)
+
+// buildBinary compiles the real awardee binary once per test run.
+var buildOnce struct {
+	sync.Once
+	path string
+	err  error
+}
+
+func awardeeBinary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "awardee-bin")
+		if err != nil {
+			buildOnce.err = err
+			return
+		}
+		buildOnce.path = filepath.Join(dir, "awardee")
+		out, err := exec.Command("go", "build", "-o", buildOnce.path, ".").CombinedOutput()
+		if err != nil {
+			buildOnce.err = fmt.Errorf("go build: %v: %s", err, out)
+		}
+	})
+	if buildOnce.err != nil {
+		t.Fatal(buildOnce.err)
+	}
+	return buildOnce.path
+}
+
+// process is the built binary serving a data directory, as an operator runs it.
+type process struct {
+	cmd    *exec.Cmd
+	URL    string
+	stdout *lockedBuffer
+	stderr *lockedBuffer
+	exited chan error
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+var listenLine = regexp.MustCompile(`msg=listening addr=(\S+)`)
+
+// startProcess runs `awardee serve` on a free loopback port and waits until it listens.
+func startProcess(t *testing.T, dataDir string) *process {
+	t.Helper()
+	cmd := exec.Command(awardeeBinary(t), "serve", "--addr", "127.0.0.1:0", "--data", dataDir)
+	p := &process{cmd: cmd, stdout: &lockedBuffer{}, stderr: &lockedBuffer{}, exited: make(chan error, 1)}
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout = p.stdout
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	addr := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			line := sc.Text()
+			fmt.Fprintln(p.stderr, line)
+			if m := listenLine.FindStringSubmatch(line); m != nil {
+				addr <- m[1]
+			}
+		}
+		p.exited <- cmd.Wait()
+	}()
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			<-p.exited
+		}
+	})
+	select {
+	case a := <-addr:
+		p.URL = "http://" + a
+	case err := <-p.exited:
+		t.Fatalf("server exited before listening: %v\n%s", err, p.stderr)
+	case <-time.After(20 * time.Second):
+		t.Fatalf("server did not listen within 20 s:\n%s", p.stderr)
+	}
+	return p
+}
+
+func post(client *http.Client, url, key, body string) (int, []byte, error) {
+	req, err := http.NewRequest("POST", url, strings.NewReader(body))
+	if err != nil {
+		return 0, nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+key)
+	res, err := client.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer res.Body.Close()
+	raw, err := io.ReadAll(res.Body)
+	return res.StatusCode, raw, err
+}
+
+// TestKillNineLosesNoAcknowledgedMessage posts from many clients, kills the server with SIGKILL
+// mid-stream, restarts it on the same data directory and checks that every message that got a
+// 201 is there: a 2xx means fsync'd.
+func TestKillNineLosesNoAcknowledgedMessage(t *testing.T) {
+	dir := t.TempDir()
+	// An org whose rate window the load never meets, made with the CLI as an operator would.
+	out, err := exec.Command(awardeeBinary(t), "org", "create", "--data", dir, "--name", "load", "--rate", "1000000", "--burst", "1000000").Output()
+	if err != nil {
+		t.Fatalf("org create: %v", err)
+	}
+	var org engine.CreatedOrg
+	if err := json.Unmarshal(out, &org); err != nil {
+		t.Fatalf("org create printed %q: %v", out, err)
+	}
+	key := org.APIKey
+	p := startProcess(t, dir)
+	client := &http.Client{Timeout: 10 * time.Second}
+	status, raw, err := post(client, p.URL+"/conversations", key, `{"status":"open"}`)
+	if err != nil || status != 201 {
+		t.Fatalf("create conversation: %d %v %s", status, err, raw)
+	}
+	var created engine.CreatedConversation
+	json.Unmarshal(raw, &created)
+	convID := created.Conversation.ID
+
+	const posters, maxPerPoster = 16, 400
+	var mu sync.Mutex
+	acked := map[string]bool{}
+	enough := make(chan struct{})
+	var once sync.Once
+	var wg sync.WaitGroup
+	for w := range posters {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range maxPerPoster {
+				status, raw, err := post(client, p.URL+"/conversations/"+convID+"/messages", key, fmt.Sprintf(`{"text":"w%d-%d"}`, w, i))
+				if err != nil {
+					return // the server is gone
+				}
+				if status != 201 {
+					continue
+				}
+				var msg engine.Message
+				json.Unmarshal(raw, &msg)
+				mu.Lock()
+				acked[msg.ID] = true
+				if len(acked) >= 300 {
+					once.Do(func() { close(enough) })
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	select {
+	case <-enough:
+	case <-time.After(60 * time.Second):
+		t.Fatal("fewer than 300 messages acknowledged within 60 s")
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-p.exited
+	wg.Wait()
+
+	p2 := startProcess(t, dir)
+	var stored []engine.Message
+	cursor := ""
+	for {
+		req, _ := http.NewRequest("GET", p2.URL+"/conversations/"+convID+"/messages?limit=100&cursor="+cursor, nil)
+		req.Header.Set("Authorization", "Bearer "+key)
+		res, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var page struct {
+			Data       []engine.Message `json:"data"`
+			NextCursor *string          `json:"next_cursor"`
+		}
+		json.NewDecoder(res.Body).Decode(&page)
+		res.Body.Close()
+		stored = append(stored, page.Data...)
+		if page.NextCursor == nil {
+			break
+		}
+		cursor = *page.NextCursor
+	}
+	have := map[string]bool{}
+	for i, msg := range stored {
+		have[msg.ID] = true
+		if msg.Seq != uint64(i+1) {
+			t.Fatalf("message %d has seq %d: seqs must be 1..n with no gap", i, msg.Seq)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for id := range acked {
+		if !have[id] {
+			t.Errorf("acknowledged message %s lost after kill -9", id)
+		}
+	}
+	t.Logf("%d acknowledged, %d stored after kill -9 and restart", len(acked), len(stored))
+}
+
+// TestSIGTERMDrainsAndClosesCleanly checks the operator's stop: exit status 0, a clean close
+// message, and a database the next start opens without complaint.
+func TestSIGTERMDrainsAndClosesCleanly(t *testing.T) {
+	dir := t.TempDir()
+	p := startProcess(t, dir)
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-p.exited:
+		if err != nil {
+			t.Fatalf("exit after SIGTERM: %v\n%s", err, p.stderr)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("server did not stop within 20 s of SIGTERM")
+	}
+	if !strings.Contains(p.stderr.String(), "stopped cleanly") {
+		t.Fatalf("no clean stop in the log:\n%s", p.stderr)
+	}
+	p2 := startProcess(t, dir)
+	if strings.Contains(p2.stdout.String(), "API key") {
+		t.Fatal("a second start on the same data directory created the default org again")
+	}
+}
+
+// TestOfflineCommandRefusesWhileServing: a one-shot command on a served data directory fails
+// fast with a message that says why.
+func TestOfflineCommandRefusesWhileServing(t *testing.T) {
+	ts := newTestServer(t)
+	for _, args := range [][]string{
+		{"org", "create", "--data", ts.dir, "--name", "x"},
+		{"key", "create", "--data", ts.dir, "--org", "org_01M899DMSHP81E40S97M25T4G2"},
+		{"backup", "--data", ts.dir, filepath.Join(t.TempDir(), "b.db")},
+	} {
+		start := time.Now()
+		err := run(args, io.Discard, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), "in use by another process") {
+			t.Fatalf("%v: got %v, want a clear 'in use' error", args, err)
+		}
+		if took := time.Since(start); took > 2*time.Second {
+			t.Fatalf("%v took %s to refuse; the contract allows 2 s", args, took)
+		}
+	}
+}
+
+// TestOfflineCommands runs org create, key create, org update and backup on a stopped data
+// directory (which org create creates), and serves the backup.
+func TestOfflineCommands(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "fresh")
+	var out bytes.Buffer
+	if err := run([]string{"org", "create", "--data", dir, "--name", "acme", "--rate", "7", "--burst", "9", "--initial-status", "bot_active"}, &out, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	var org engine.CreatedOrg
+	if err := json.Unmarshal(out.Bytes(), &org); err != nil || !strings.HasPrefix(org.APIKey, "ak_") || !strings.HasPrefix(org.WidgetKey, "wk_") || !engine.ValidID(engine.PrefixOrg, org.OrgID) {
+		t.Fatalf("org create printed %q (%v)", out.String(), err)
+	}
+	out.Reset()
+	if err := run([]string{"key", "create", "--data", dir, "--org", org.OrgID, "--name", "ci"}, &out, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	var key engine.CreatedKey
+	if err := json.Unmarshal(out.Bytes(), &key); err != nil || !strings.HasPrefix(key.APIKey, "ak_") || !engine.ValidID(engine.PrefixKey, key.KeyID) {
+		t.Fatalf("key create printed %q (%v)", out.String(), err)
+	}
+	if err := run([]string{"key", "create", "--data", dir, "--org", "org_01M899DMSHP81E40S97M25T4G2"}, io.Discard, io.Discard); engine.ErrorCode(err) != engine.CodeNotFound {
+		t.Fatalf("key create for a missing org: %v", err)
+	}
+	out.Reset()
+	if err := run([]string{"org", "update", "--data", dir, "--org", org.OrgID, "--rate", "3"}, &out, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	var updated engine.Org
+	json.Unmarshal(out.Bytes(), &updated)
+	if updated.Rate != 3 || updated.Burst != 9 {
+		t.Fatalf("org update: rate %v burst %d, want 3 and 9 (untouched)", updated.Rate, updated.Burst)
+	}
+	backup := filepath.Join(t.TempDir(), "copy")
+	if err := run([]string{"backup", "--data", dir, filepath.Join(backup, engine.DatabaseFile)}, io.Discard, io.Discard); err == nil {
+		t.Fatal("backup into a missing directory should fail")
+	}
+	os.MkdirAll(backup, 0o700)
+	if err := run([]string{"backup", "--data", dir, filepath.Join(backup, engine.DatabaseFile)}, io.Discard, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	// The copy is a working data directory of its own: the second key authenticates there.
+	cfg := defaultConfig()
+	cfg.Data = backup
+	ts := startTestServer(t, cfg)
+	r := mustStatus(t, ts.do(t, "POST", "/conversations", key.APIKey, nil), 201)
+	if status := r.JSON(t)["conversation"].(map[string]any)["status"]; status != "bot_active" {
+		t.Fatalf("initial status %v, want bot_active", status)
+	}
+}
+
+// TestEnvironmentBindsFlags: every serve flag reads AWARDEE_<FLAG>, and a flag given on the
+// command line wins.
+func TestEnvironmentBindsFlags(t *testing.T) {
+	t.Setenv("AWARDEE_ADDR", "127.0.0.1:9999")
+	t.Setenv("AWARDEE_IDEMPOTENCY_TTL", "90m")
+	t.Setenv("AWARDEE_ALLOW_PRIVATE_NETWORKS", "true")
+	t.Setenv("AWARDEE_DATA", "/from/env")
+	cfg := defaultConfig()
+	fs := newServeFlagSet(&cfg)
+	if err := parseWithEnv(fs, []string{"--data", "/from/flag"}); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Addr != "127.0.0.1:9999" || cfg.IdempotencyTTL != 90*time.Minute || !cfg.AllowPrivateNetworks || cfg.Data != "/from/flag" {
+		t.Fatalf("config %+v", cfg)
+	}
+	t.Setenv("AWARDEE_EVENT_RETENTION", "soon")
+	if err := parseWithEnv(newServeFlagSet(&cfg), nil); err == nil || !strings.Contains(err.Error(), "AWARDEE_EVENT_RETENTION") {
+		t.Fatalf("a bad env value should name its variable, got %v", err)
+	}
+}
+
+// TestRestartKeepsEverything stops a server and starts another on the same directory.
+func TestRestartKeepsEverything(t *testing.T) {
+	ts := newTestServer(t)
+	org := ts.newOrg(t, 0, 0)
+	id := ts.conversationIn(t, org.APIKey, engine.StatusAgentRequested)
+	mustStatus(t, ts.do(t, "POST", "/conversations/"+id+"/messages", org.APIKey, `{"text":"before restart"}`, "Idempotency-Key", "k1"), 201)
+	before := ts.do(t, "GET", "/conversations/"+id+"/messages", org.APIKey, nil).Body
+	beforeEvents := ts.do(t, "GET", "/events", org.APIKey, nil).Body
+	ts.stop(t)
+
+	cfg := defaultConfig()
+	cfg.Data = ts.dir
+	ts2 := startTestServer(t, cfg)
+	if after := ts2.do(t, "GET", "/conversations/"+id+"/messages", org.APIKey, nil).Body; !bytes.Equal(before, after) {
+		t.Fatalf("messages changed across restart:\n%s\n%s", before, after)
+	}
+	if after := ts2.do(t, "GET", "/events", org.APIKey, nil).Body; !bytes.Equal(beforeEvents, after) {
+		t.Fatalf("events changed across restart")
+	}
+	r := mustStatus(t, ts2.do(t, "POST", "/conversations/"+id+"/messages", org.APIKey, `{"text":"before restart"}`, "Idempotency-Key", "k1"), 201)
+	if r.Header.Get("Idempotent-Replayed") != "true" {
+		t.Fatal("an idempotency key was forgotten across restart")
+	}
+	r = mustStatus(t, ts2.do(t, "POST", "/conversations/"+id+"/messages", org.APIKey, `{"text":"after"}`), 201)
+	if seq := r.JSON(t)["seq"]; seq != float64(3) {
+		t.Fatalf("seq after restart %v, want 3", seq)
+	}
+	evs := ts2.events(t, org.APIKey)
+	if last := evs[len(evs)-1]; last.Offset != uint64(len(evs)) {
+		t.Fatalf("offsets after restart do not continue: last %d of %d", last.Offset, len(evs))
+	}
+
+}
