@@ -138,24 +138,11 @@ func post(client *http.Client, url, key, body string) (int, []byte, error) {
 func TestKillNineLosesNoAcknowledgedMessage(t *testing.T) {
 	dir := t.TempDir()
 	// An org whose rate window the load never meets, made with the CLI as an operator would.
-	out, err := exec.Command(awardeeBinary(t), "org", "create", "--data", dir, "--name", "load", "--rate", "1000000", "--burst", "1000000").Output()
-	if err != nil {
-		t.Fatalf("org create: %v", err)
-	}
-	var org engine.CreatedOrg
-	if err := json.Unmarshal(out, &org); err != nil {
-		t.Fatalf("org create printed %q: %v", out, err)
-	}
+	org := createOrgCLI(t, dir)
 	key := org.APIKey
 	p := startProcess(t, dir)
 	client := &http.Client{Timeout: 10 * time.Second}
-	status, raw, err := post(client, p.URL+"/conversations", key, `{"status":"open"}`)
-	if err != nil || status != 201 {
-		t.Fatalf("create conversation: %d %v %s", status, err, raw)
-	}
-	var created engine.CreatedConversation
-	json.Unmarshal(raw, &created)
-	convID := created.Conversation.ID
+	convID := createConversationHTTP(t, client, p.URL, key)
 
 	const posters, maxPerPoster = 16, 400
 	var mu sync.Mutex
@@ -198,27 +185,7 @@ func TestKillNineLosesNoAcknowledgedMessage(t *testing.T) {
 	wg.Wait()
 
 	p2 := startProcess(t, dir)
-	var stored []engine.Message
-	cursor := ""
-	for {
-		req, _ := http.NewRequest("GET", p2.URL+"/conversations/"+convID+"/messages?limit=100&cursor="+cursor, nil)
-		req.Header.Set("Authorization", "Bearer "+key)
-		res, err := client.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var page struct {
-			Data       []engine.Message `json:"data"`
-			NextCursor *string          `json:"next_cursor"`
-		}
-		json.NewDecoder(res.Body).Decode(&page)
-		res.Body.Close()
-		stored = append(stored, page.Data...)
-		if page.NextCursor == nil {
-			break
-		}
-		cursor = *page.NextCursor
-	}
+	stored := listAllMessages(t, client, p2.URL, key, convID)
 	have := map[string]bool{}
 	for i, msg := range stored {
 		have[msg.ID] = true
@@ -384,4 +351,73 @@ func TestRestartKeepsEverything(t *testing.T) {
 		t.Fatalf("offsets after restart do not continue: last %d of %d", last.Offset, len(evs))
 	}
 
+}
+
+// createOrgCLI makes an org with a wide rate window through the built binary's org create.
+func createOrgCLI(t *testing.T, dir string) engine.CreatedOrg {
+	t.Helper()
+	out, err := exec.Command(awardeeBinary(t), "org", "create", "--data", dir, "--name", "load", "--rate", "1000000", "--burst", "1000000").Output()
+	if err != nil {
+		t.Fatalf("org create: %v", err)
+	}
+	var org engine.CreatedOrg
+	if err := json.Unmarshal(out, &org); err != nil {
+		t.Fatalf("org create printed %q: %v", out, err)
+	}
+	return org
+}
+
+func createConversationHTTP(t *testing.T, client *http.Client, baseURL, key string) string {
+	t.Helper()
+	status, raw, err := post(client, baseURL+"/conversations", key, `{"status":"open"}`)
+	if err != nil || status != 201 {
+		t.Fatalf("create conversation: %d %v %s", status, err, raw)
+	}
+	var created engine.CreatedConversation
+	if err := json.Unmarshal(raw, &created); err != nil {
+		t.Fatal(err)
+	}
+	return created.Conversation.ID
+}
+
+func keyedPost(client *http.Client, url, key, idemKey, body string) (int, []byte) {
+	req, _ := http.NewRequest("POST", url, strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+key)
+	req.Header.Set("Idempotency-Key", idemKey)
+	res, err := client.Do(req)
+	if err != nil {
+		return 0, nil
+	}
+	defer res.Body.Close()
+	raw, _ := io.ReadAll(res.Body)
+	return res.StatusCode, raw
+}
+
+// listAllMessages follows next_cursor through every page.
+func listAllMessages(t *testing.T, client *http.Client, baseURL, key, convID string) []engine.Message {
+	t.Helper()
+	var all []engine.Message
+	cursor := ""
+	for {
+		req, _ := http.NewRequest("GET", baseURL+"/conversations/"+convID+"/messages?limit=100&cursor="+cursor, nil)
+		req.Header.Set("Authorization", "Bearer "+key)
+		res, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var page struct {
+			Data       []engine.Message `json:"data"`
+			NextCursor *string          `json:"next_cursor"`
+		}
+		err = json.NewDecoder(res.Body).Decode(&page)
+		res.Body.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		all = append(all, page.Data...)
+		if page.NextCursor == nil {
+			return all
+		}
+		cursor = *page.NextCursor
+	}
 }

@@ -35,6 +35,12 @@ func newMetrics(db *engine.DB) *metrics {
 	}
 	m.registry.MustRegister(m.requests, m.messages,
 		conversationsCollector{db: db, desc: prometheus.NewDesc("awardee_conversations", "Conversations by status, across all orgs.", []string{"status"}, nil)},
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "awardee_commit_batches_total", Help: "Write transactions fsync'd by the group-commit loop."},
+			func() float64 { return float64(db.CommitStats().Batches) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "awardee_commit_units_total", Help: "Write units committed; divided by batches, the mean batch size."},
+			func() float64 { return float64(db.CommitStats().Units) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "awardee_commit_failed_units_total", Help: "Write units answered with an error (rolled back alone)."},
+			func() float64 { return float64(db.CommitStats().Failed) }),
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

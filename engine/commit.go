@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -46,6 +47,20 @@ type committer struct {
 
 	subMu       sync.RWMutex
 	subscribers []func([]Event)
+
+	batches, units, failed atomic.Uint64
+}
+
+// CommitStats counts the commit loop's work since Open: fsync'd batches, the units they carried,
+// and units answered with an error.
+type CommitStats struct {
+	Batches, Units, Failed uint64
+}
+
+// CommitStats returns the commit loop's counters.
+func (db *DB) CommitStats() CommitStats {
+	c := db.commits
+	return CommitStats{Batches: c.batches.Load(), Units: c.units.Load(), Failed: c.failed.Load()}
 }
 
 func startCommitter(db *DB, maxBatch int) *committer {
@@ -137,6 +152,7 @@ func (c *committer) run(batch []*pending) {
 			return nil
 		})
 		if failed >= 0 {
+			c.failed.Add(1)
 			batch[failed].done <- unitErr
 			batch = append(batch[:failed], batch[failed+1:]...)
 			continue
@@ -144,11 +160,14 @@ func (c *committer) run(batch []*pending) {
 		if err != nil {
 			// The commit itself failed (disk full, I/O error): bbolt rolled everything back.
 			fail := &Error{Code: CodeUnavailable, Message: "the database could not commit: " + err.Error()}
+			c.failed.Add(uint64(len(batch)))
 			for _, p := range batch {
 				p.done <- fail
 			}
 			return
 		}
+		c.batches.Add(1)
+		c.units.Add(uint64(len(batch)))
 		c.publish(batch)
 		for _, p := range batch {
 			p.done <- nil

@@ -1,0 +1,263 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/awardee/awardee/engine"
+)
+
+func TestIdempotentReplayIsByteIdenticalAndStoresOnce(t *testing.T) {
+	ts := newTestServer(t)
+	org := ts.newOrg(t, 0, 0)
+	id := ts.conversationIn(t, org.APIKey, engine.StatusAgentRequested)
+	path := "/conversations/" + id + "/messages"
+	first := mustStatus(t, ts.do(t, "POST", path, org.APIKey, `{"text":"once"}`, "Idempotency-Key", "retry-1"), 201)
+	if first.Header.Get("Idempotent-Replayed") != "" {
+		t.Fatal("a first request must not say it was replayed")
+	}
+	eventsBefore := len(ts.events(t, org.APIKey))
+	for range 3 {
+		again := mustStatus(t, ts.do(t, "POST", path, org.APIKey, `{"text":"once"}`, "Idempotency-Key", "retry-1"), 201)
+		if !bytes.Equal(first.Body, again.Body) {
+			t.Fatalf("replay differs:\n%s\n%s", first.Body, again.Body)
+		}
+		if again.Header.Get("Idempotent-Replayed") != "true" {
+			t.Fatal("replay lacks Idempotent-Replayed: true")
+		}
+	}
+	if msgs := ts.messages(t, org.APIKey, id); len(msgs) != 2 { // the takeover marker and one reply
+		t.Fatalf("%d messages after replays, want 2", len(msgs))
+	}
+	if n := len(ts.events(t, org.APIKey)); n != eventsBefore {
+		t.Fatalf("replays appended %d events", n-eventsBefore)
+	}
+}
+
+func TestIdempotencyAppliesToEveryPostAndPatch(t *testing.T) {
+	ts := newTestServer(t)
+	org := ts.newOrg(t, 0, 0)
+	convID, token := ts.createConversation(t, org.APIKey, engine.StatusBotActive)
+	cases := []struct {
+		method, path, key, body string
+	}{
+		{"POST", "/conversations", org.APIKey, `{"status":"open"}`},
+		{"PATCH", "/conversations/" + convID, org.APIKey, `{"assignee":"ana"}`},
+		{"POST", "/conversations/" + convID + "/bot-messages", org.APIKey, `{"text":"bot says hi"}`},
+		{"POST", "/widget/conversations", org.WidgetKey, `{}`},
+		{"POST", "/widget/conversations/" + convID + "/messages", token, `{"text":"visitor says hi"}`},
+		{"POST", "/widget/conversations/" + convID + "/request-agent", token, ``},
+	}
+	for i, c := range cases {
+		key := fmt.Sprintf("every-%d", i)
+		first := ts.do(t, c.method, c.path, c.key, c.body, "Idempotency-Key", key)
+		if first.Status >= 300 {
+			t.Fatalf("%s %s: %d %s", c.method, c.path, first.Status, first.Body)
+		}
+		eventsBefore := len(ts.events(t, org.APIKey))
+		again := ts.do(t, c.method, c.path, c.key, c.body, "Idempotency-Key", key)
+		if again.Status != first.Status || !bytes.Equal(again.Body, first.Body) || again.Header.Get("Idempotent-Replayed") != "true" {
+			t.Fatalf("%s %s: replay %d %s, first %d %s", c.method, c.path, again.Status, again.Body, first.Status, first.Body)
+		}
+		if n := len(ts.events(t, org.APIKey)); n != eventsBefore {
+			t.Fatalf("%s %s: replay appended %d events", c.method, c.path, n-eventsBefore)
+		}
+	}
+}
+
+func TestIdempotencyKeyMismatch(t *testing.T) {
+	ts := newTestServer(t)
+	org := ts.newOrg(t, 0, 0)
+	id := ts.conversationIn(t, org.APIKey, engine.StatusOpen)
+	other := ts.conversationIn(t, org.APIKey, engine.StatusOpen)
+	mustStatus(t, ts.do(t, "POST", "/conversations/"+id+"/messages", org.APIKey, `{"text":"a"}`, "Idempotency-Key", "k"), 201)
+	for _, c := range []struct{ method, path, body string }{
+		{"POST", "/conversations/" + id + "/messages", `{"text":"b"}`},    // other body
+		{"POST", "/conversations/" + id + "/messages", `{"text": "a"}`},   // same JSON, other bytes
+		{"POST", "/conversations/" + other + "/messages", `{"text":"a"}`}, // other path
+		{"PATCH", "/conversations/" + id, `{"text":"a"}`},                 // other method and path
+	} {
+		r := mustStatus(t, ts.do(t, c.method, c.path, org.APIKey, c.body, "Idempotency-Key", "k"), 422)
+		if r.ErrorCode() != engine.CodeIdempotencyMismatch {
+			t.Fatalf("%s %s %s: %s", c.method, c.path, c.body, r.Body)
+		}
+	}
+	if n := len(ts.messages(t, org.APIKey, id)) + len(ts.messages(t, org.APIKey, other)); n != 1 {
+		t.Fatalf("%d messages, want 1", n)
+	}
+}
+
+func TestIdempotencyKeyValidation(t *testing.T) {
+	ts := newTestServer(t)
+	org := ts.newOrg(t, 0, 0)
+	id := ts.conversationIn(t, org.APIKey, engine.StatusOpen)
+	for name, key := range map[string]string{
+		"empty":     "",
+		"too long":  strings.Repeat("k", 256),
+		"non-ascii": "clé",
+		"control":   "a\tb",
+	} {
+		r := mustStatus(t, ts.do(t, "POST", "/conversations/"+id+"/messages", org.APIKey, `{"text":"x"}`, "Idempotency-Key", key), 400)
+		if r.ErrorCode() != engine.CodeValidation {
+			t.Fatalf("%s: %s", name, r.Body)
+		}
+	}
+	mustStatus(t, ts.do(t, "POST", "/conversations/"+id+"/messages", org.APIKey, `{"text":"x"}`, "Idempotency-Key", strings.Repeat("k", 255)), 201)
+	if n := len(ts.messages(t, org.APIKey, id)); n != 1 {
+		t.Fatalf("%d messages, want only the one with a valid key", n)
+	}
+}
+
+// TestIdempotencyKeyInUse holds the first request inside the commit loop (a unit that waits) so
+// the second, with the same key, really overlaps it.
+func TestIdempotencyKeyInUse(t *testing.T) {
+	ts := newTestServer(t)
+	org := ts.newOrg(t, 0, 0)
+	id := ts.conversationIn(t, org.APIKey, engine.StatusOpen)
+	path := "/conversations/" + id + "/messages"
+
+	holding, release := make(chan struct{}), make(chan struct{})
+	go ts.db.Update(t.Context(), func(*engine.Tx) error {
+		close(holding)
+		<-release
+		return nil
+	})
+	<-holding
+	firstDone := make(chan resp, 1)
+	go func() { firstDone <- ts.do(t, "POST", path, org.APIKey, `{"text":"slow"}`, "Idempotency-Key", "busy") }()
+	waitFor(t, 10*time.Second, "the first request to hold its key", func() bool {
+		ts.inflight.mu.Lock()
+		defer ts.inflight.mu.Unlock()
+		_, held := ts.inflight.keys[org.OrgID+"busy"]
+		return held
+	})
+	second := mustStatus(t, ts.do(t, "POST", path, org.APIKey, `{"text":"slow"}`, "Idempotency-Key", "busy"), 409)
+	if second.ErrorCode() != engine.CodeIdempotencyInUse {
+		t.Fatalf("second: %s", second.Body)
+	}
+	close(release)
+	first := mustStatus(t, <-firstDone, 201)
+	third := mustStatus(t, ts.do(t, "POST", path, org.APIKey, `{"text":"slow"}`, "Idempotency-Key", "busy"), 201)
+	if !bytes.Equal(first.Body, third.Body) {
+		t.Fatal("the 409 was stored: the retry after the first finished did not replay it")
+	}
+	if n := len(ts.messages(t, org.APIKey, id)); n != 1 {
+		t.Fatalf("%d messages, want 1", n)
+	}
+}
+
+func TestIdempotencyKeysArePerOrg(t *testing.T) {
+	ts := newTestServer(t)
+	a, b := ts.newOrg(t, 0, 0), ts.newOrg(t, 0, 0)
+	ra := mustStatus(t, ts.do(t, "POST", "/conversations", a.APIKey, `{}`, "Idempotency-Key", "shared"), 201)
+	rb := mustStatus(t, ts.do(t, "POST", "/conversations", b.APIKey, `{}`, "Idempotency-Key", "shared"), 201)
+	if rb.Header.Get("Idempotent-Replayed") != "" || bytes.Equal(ra.Body, rb.Body) {
+		t.Fatal("org B got org A's stored outcome")
+	}
+}
+
+func TestIdempotencyStores4xxButNot5xx(t *testing.T) {
+	ts := newTestServer(t)
+	org := ts.newOrg(t, 0, 0)
+	id := ts.conversationIn(t, org.APIKey, engine.StatusResolved)
+	path := "/conversations/" + id + "/messages"
+	refused := mustStatus(t, ts.do(t, "POST", path, org.APIKey, `{"text":"late"}`, "Idempotency-Key", "4xx"), 400)
+	mustStatus(t, ts.do(t, "PATCH", "/conversations/"+id, org.APIKey, `{"status":"open"}`), 200)
+	again := mustStatus(t, ts.do(t, "POST", path, org.APIKey, `{"text":"late"}`, "Idempotency-Key", "4xx"), 400)
+	if !bytes.Equal(refused.Body, again.Body) || again.Header.Get("Idempotent-Replayed") != "true" {
+		t.Fatalf("a stored 400 was not replayed: %s", again.Body)
+	}
+
+	// A fault inside the write unit is a 500, and a retry with the same key must run again.
+	var failOnce sync.Once
+	ts.db.OnAppend(func(*engine.Tx, engine.Event) error {
+		var err error
+		failOnce.Do(func() { err = errors.New("injected storage fault") })
+		return err
+	})
+	mustStatus(t, ts.do(t, "POST", path, org.APIKey, `{"text":"retry me"}`, "Idempotency-Key", "5xx"), 500)
+	if n := len(ts.messages(t, org.APIKey, id)); n != 0 {
+		t.Fatalf("a 500 left %d messages", n)
+	}
+	ok := mustStatus(t, ts.do(t, "POST", path, org.APIKey, `{"text":"retry me"}`, "Idempotency-Key", "5xx"), 201)
+	if ok.Header.Get("Idempotent-Replayed") != "" {
+		t.Fatal("the retry after a 500 was a replay")
+	}
+}
+
+func TestIdempotencyKeysExpire(t *testing.T) {
+	ts := newTestServer(t, func(c *Config) {
+		c.IdempotencyTTL = 300 * time.Millisecond
+		c.SweepEvery = 50 * time.Millisecond
+	})
+	org := ts.newOrg(t, 0, 0)
+	id := ts.conversationIn(t, org.APIKey, engine.StatusOpen)
+	path := "/conversations/" + id + "/messages"
+	mustStatus(t, ts.do(t, "POST", path, org.APIKey, `{"text":"one"}`, "Idempotency-Key", "ttl"), 201)
+	waitFor(t, 10*time.Second, "the sweeper to delete the expired key", func() bool {
+		rec, err := ts.db.LookupIdempotency(org.OrgID, "ttl", time.Hour)
+		return err == nil && rec == nil
+	})
+	r := mustStatus(t, ts.do(t, "POST", path, org.APIKey, `{"text":"one"}`, "Idempotency-Key", "ttl"), 201)
+	if r.Header.Get("Idempotent-Replayed") != "" {
+		t.Fatal("an expired key was replayed")
+	}
+	if n := len(ts.messages(t, org.APIKey, id)); n != 2 {
+		t.Fatalf("%d messages, want 2 (the expired key ran afresh)", n)
+	}
+}
+
+// TestKillNineBetweenRetriesNeverDuplicates kills the server while a keyed post is in flight,
+// restarts it and retries the same key: the message exists exactly once, whatever moment the
+// kill hit.
+func TestKillNineBetweenRetriesNeverDuplicates(t *testing.T) {
+	dir := t.TempDir()
+	org := createOrgCLI(t, dir)
+	p := startProcess(t, dir)
+	client := &http.Client{Timeout: 10 * time.Second}
+	convID := createConversationHTTP(t, client, p.URL, org.APIKey)
+	const rounds = 6
+	for round := range rounds {
+		key := fmt.Sprintf("kill-%d", round)
+		text := fmt.Sprintf(`{"text":"round %d"}`, round)
+		sent := make(chan struct{})
+		go func() {
+			close(sent)
+			keyedPost(client, p.URL+"/conversations/"+convID+"/messages", org.APIKey, key, text)
+		}()
+		<-sent
+		// Vary the moment of the kill across rounds: before, during and after the commit.
+		deadline := time.Now().Add(time.Duration(round) * 3 * time.Millisecond)
+		for time.Now().Before(deadline) {
+		}
+		p.cmd.Process.Kill()
+		<-p.exited
+		p = startProcess(t, dir)
+		var status int
+		for range 50 {
+			status, _ = keyedPost(client, p.URL+"/conversations/"+convID+"/messages", org.APIKey, key, text)
+			if status != http.StatusConflict {
+				break
+			}
+		}
+		if status != 201 {
+			t.Fatalf("round %d: retry got %d", round, status)
+		}
+	}
+	msgs := listAllMessages(t, client, p.URL, org.APIKey, convID)
+	count := map[string]int{}
+	for _, m := range msgs {
+		count[m.Text]++
+	}
+	for round := range rounds {
+		if n := count[fmt.Sprintf("round %d", round)]; n != 1 {
+			t.Errorf("round %d: %d messages for one key", round, n)
+		}
+	}
+}
