@@ -39,6 +39,8 @@ func newMetrics(db *engine.DB) *metrics {
 			func() float64 { return float64(db.CommitStats().Batches) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "awardee_commit_units_total", Help: "Write units committed; divided by batches, the mean batch size."},
 			func() float64 { return float64(db.CommitStats().Units) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "awardee_commit_queue_length", Help: "Write units waiting for the next batch."},
+			func() float64 { return float64(db.Queued()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "awardee_commit_failed_units_total", Help: "Write units answered with an error (rolled back alone)."},
 			func() float64 { return float64(db.CommitStats().Failed) }),
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

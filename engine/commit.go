@@ -57,6 +57,9 @@ type CommitStats struct {
 	Batches, Units, Failed uint64
 }
 
+// Queued is how many units wait for the next batch right now.
+func (db *DB) Queued() int { return len(db.commits.queue) }
+
 // CommitStats returns the commit loop's counters.
 func (db *DB) CommitStats() CommitStats {
 	c := db.commits
