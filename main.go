@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/awardee/awardee/bench/load"
 	"github.com/awardee/awardee/engine"
 )
 
@@ -26,6 +27,7 @@ const usage = `usage:
   awardee org update --data DIR --org ORG_ID [--rate R] [--burst B]
   awardee key create --data DIR --org ORG_ID [--name NAME]
   awardee backup --data DIR OUT
+  awardee bench --url http://127.0.0.1:8080 --key ak_… [--concurrency 64] [--requests 50000] [--duration 30s]
 Run "awardee <command> -h" for a command's flags.
 `
 
@@ -57,6 +59,10 @@ func run(args []string, stdout, stderr io.Writer) error {
 		}
 	case "backup":
 		return backupCommand(rest, stdout)
+	case "bench":
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+		defer stop()
+		return load.Main(ctx, rest, stdout)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return nil
