@@ -3,7 +3,9 @@ package engine
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -19,10 +21,43 @@ type Idempotency struct {
 
 // IdempotencyRecord is a stored outcome, replayed byte for byte.
 type IdempotencyRecord struct {
-	Fingerprint []byte `json:"fingerprint"`
-	Status      int    `json:"status"`
-	Body        []byte `json:"body"`
-	CreatedAt   Time   `json:"created_at"`
+	Fingerprint []byte
+	Status      int
+	Body        []byte
+	CreatedAt   Time
+}
+
+// The stored form is binary, not JSON: the body is already JSON, and wrapping it again would
+// escape or base64 it on the hot path. Layout: created_at unix ms (8, BE) · status (2, BE) ·
+// fingerprint (32) · body.
+const idemHeader = 8 + 2 + 32
+
+func (r IdempotencyRecord) encode() []byte {
+	out := make([]byte, idemHeader, idemHeader+len(r.Body))
+	binary.BigEndian.PutUint64(out[0:8], uint64(r.CreatedAt.UnixMilli()))
+	binary.BigEndian.PutUint16(out[8:10], uint16(r.Status))
+	copy(out[10:idemHeader], r.Fingerprint)
+	return append(out, r.Body...)
+}
+
+func decodeIdempotency(raw []byte) (IdempotencyRecord, error) {
+	if len(raw) < idemHeader {
+		return IdempotencyRecord{}, errors.New("idempotency record is truncated")
+	}
+	return IdempotencyRecord{
+		CreatedAt:   Time{time.UnixMilli(int64(binary.BigEndian.Uint64(raw[0:8]))).UTC()},
+		Status:      int(binary.BigEndian.Uint16(raw[8:10])),
+		Fingerprint: append([]byte(nil), raw[10:idemHeader]...),
+		Body:        append([]byte(nil), raw[idemHeader:]...),
+	}, nil
+}
+
+// idemCreatedAt reads only the time of a stored record, for sweeps.
+func idemCreatedAt(raw []byte) (time.Time, bool) {
+	if len(raw) < 8 {
+		return time.Time{}, false
+	}
+	return time.UnixMilli(int64(binary.BigEndian.Uint64(raw[0:8]))), true
 }
 
 func idemKey(orgID, key string) []byte { return []byte(orgID + key) }
@@ -42,7 +77,7 @@ func (tx *Tx) saveIdempotency(orgID string, idem *Idempotency, result any) error
 
 func (tx *Tx) putIdempotency(orgID string, idem *Idempotency, status int, body []byte) error {
 	rec := IdempotencyRecord{Fingerprint: idem.Fingerprint[:], Status: status, Body: body, CreatedAt: Now()}
-	return putJSON(tx.bolt.Bucket(bucketIdem), idemKey(orgID, idem.Key), rec)
+	return tx.bolt.Bucket(bucketIdem).Put(idemKey(orgID, idem.Key), rec.encode())
 }
 
 // SaveOutcome stores a finished request's outcome that had no effect to commit with it (a 4xx),
@@ -60,8 +95,8 @@ func (db *DB) LookupIdempotency(orgID, key string, ttl time.Duration) (*Idempote
 		if raw == nil {
 			return nil
 		}
-		var r IdempotencyRecord
-		if err := json.Unmarshal(raw, &r); err != nil {
+		r, err := decodeIdempotency(raw)
+		if err != nil {
 			return err
 		}
 		if time.Since(r.CreatedAt.Time) < ttl {
@@ -100,11 +135,7 @@ func (db *DB) PruneIdempotency(ctx context.Context, ttl time.Duration) (int, err
 					return nil
 				}
 				scanned++
-				var r IdempotencyRecord
-				if err := json.Unmarshal(v, &r); err != nil {
-					return err
-				}
-				if r.CreatedAt.Before(cutoff) {
+				if at, ok := idemCreatedAt(v); !ok || at.Before(cutoff) {
 					expired = append(expired, append([]byte(nil), k...))
 				}
 			}
@@ -122,12 +153,7 @@ func (db *DB) PruneIdempotency(ctx context.Context, ttl time.Duration) (int, err
 				b := tx.bolt.Bucket(bucketIdem)
 				for _, k := range chunk {
 					// Re-read: a retry may have rewritten the key since the scan.
-					var r IdempotencyRecord
-					found, err := getJSON(b, k, &r)
-					if err != nil {
-						return err
-					}
-					if found && r.CreatedAt.Before(cutoff) {
+					if at, ok := idemCreatedAt(b.Get(k)); ok && at.Before(cutoff) {
 						if err := b.Delete(k); err != nil {
 							return err
 						}
