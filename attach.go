@@ -23,7 +23,9 @@ func (refuseAttachments) Attach(_ context.Context, _ string, urls []string) ([]e
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			return nil, attachmentError(raw, "scheme", "attachment URLs must be absolute http or https URLs")
 		}
-		return nil, attachmentError(raw, "fetch_failed", "this server does not fetch attachments yet")
+	}
+	if len(urls) > 0 {
+		return nil, attachmentError(urls[0], "fetch_failed", "this server does not fetch attachments yet")
 	}
 	return nil, nil
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net/url"
 	"os"
 	"strings"
 	"time"
@@ -35,14 +36,6 @@ func defaultConfig() Config {
 		SweepEvery:           time.Minute,
 		RateIdleAfter:        10 * time.Minute,
 	}
-}
-
-// publicURL is the base of every file_url: --public-url, else http://<addr>.
-func (c Config) publicURL() string {
-	if c.PublicURL != "" {
-		return strings.TrimRight(c.PublicURL, "/")
-	}
-	return "http://" + c.Addr
 }
 
 // newServeFlagSet binds every serve flag to c, whose current values are the defaults shown.
@@ -89,6 +82,25 @@ func parseWithEnv(fs *flag.FlagSet, args []string) error {
 
 func envName(flagName string) string {
 	return "AWARDEE_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// validate refuses a configuration the server could not honour, before anything is opened.
+func (c Config) validate() error {
+	if _, err := parseSchedule(c.WebhookRetrySchedule); err != nil {
+		return err
+	}
+	if c.PublicURL != "" {
+		u, err := url.Parse(c.PublicURL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return fmt.Errorf("--public-url %q is not an absolute http or https URL", c.PublicURL)
+		}
+	}
+	for name, d := range map[string]time.Duration{"idempotency-ttl": c.IdempotencyTTL, "event-retention": c.EventRetention, "sweep-every": c.SweepEvery} {
+		if d <= 0 {
+			return fmt.Errorf("--%s must be positive", name)
+		}
+	}
+	return nil
 }
 
 func parseSchedule(s string) ([]time.Duration, error) {

@@ -48,7 +48,7 @@ func newMetrics(db *engine.DB) *metrics {
 }
 
 func (m *metrics) observe(route string, ctx *fasthttp.RequestCtx, start time.Time) {
-	m.requests.WithLabelValues(route, string(ctx.Method()), strconv.Itoa(ctx.Response.StatusCode())).
+	m.requests.WithLabelValues(route, methodLabel(ctx.Method()), strconv.Itoa(ctx.Response.StatusCode())).
 		Observe(time.Since(start).Seconds())
 }
 
@@ -80,4 +80,14 @@ func (c conversationsCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, s := range engine.Statuses {
 		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(counts[s]), string(s))
 	}
+}
+
+// methodLabel bounds the method label to the standard methods: any client can send any token as
+// a method, and each distinct label value would be a new series kept forever.
+func methodLabel(m []byte) string {
+	switch string(m) {
+	case "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE":
+		return string(m)
+	}
+	return "other"
 }

@@ -185,11 +185,11 @@ func fingerprint(ctx *fasthttp.RequestCtx) [32]byte {
 // authenticate finds the request's principal and checks that it is the kind the route takes.
 func (s *server) authenticate(ctx *fasthttp.RequestCtx, need keyNeed) (engine.Principal, error) {
 	auth := ctx.Request.Header.Peek("Authorization")
-	secret, ok := bytes.CutPrefix(auth, []byte("Bearer "))
-	if !ok {
+	// The scheme name is case-insensitive (RFC 9110 §11.1).
+	if len(auth) < 7 || !bytes.EqualFold(auth[:7], []byte("Bearer ")) {
 		return engine.Principal{}, engine.Errorf(engine.CodeUnauthorized, "send your key as Authorization: Bearer <key>")
 	}
-	who, err := s.db.Authenticate(strings.TrimSpace(string(secret)))
+	who, err := s.db.Authenticate(strings.TrimSpace(string(auth[7:])))
 	if err != nil {
 		return who, err
 	}

@@ -39,6 +39,9 @@ type server struct {
 // newServer opens the database, creates org "default" on an empty one (printing its secrets once
 // to out) and starts the background sweepers. It does not listen yet.
 func newServer(cfg Config, log *slog.Logger, out io.Writer) (*server, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
 	db, err := engine.Open(cfg.Data, engine.Options{})
 	if err != nil {
 		return nil, err
@@ -106,7 +109,7 @@ func (s *server) ListenAndServe() error {
 
 // Serve serves on ln until Close.
 func (s *server) Serve(ln net.Listener) error {
-	err := s.http.Serve(ln)
+	err := s.http.Serve(lingeringListener{ln})
 	if errors.Is(err, net.ErrClosed) {
 		return nil
 	}
@@ -135,6 +138,10 @@ func (s *server) transportError(ctx *fasthttp.RequestCtx, err error) {
 	}
 	s.writeError(ctx, engine.Errorf(code, "%s", msg))
 	s.metrics.observe("unmatched", ctx, time.Now())
+	// fasthttp closes the connection after this answer without reading the body it refused;
+	// closing with unread data makes the kernel reset the connection, and the client may lose
+	// the 413 before reading it.
+	lingerOnClose(ctx.Conn())
 }
 
 type fasthttpLogger struct{ log *slog.Logger }

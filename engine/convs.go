@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"math"
+	"strconv"
 	"strings"
 
 	bolt "go.etcd.io/bbolt"
@@ -260,7 +261,24 @@ func readConversation(btx *bolt.Tx, orgID, convID string) (*conversationRecord, 
 // putConversation stores rec and keeps the activity index and per-status counts in step with it;
 // old is the stored version before this unit changed it, nil for a new conversation.
 func (tx *Tx) putConversation(rec *conversationRecord, old *conversationRecord) error {
-	if err := putJSON(tx.bolt.Bucket(bucketConvs), []byte(rec.OrgID+rec.ID), rec); err != nil {
+	convJSON, err := json.Marshal(rec.Conversation)
+	if err != nil {
+		return err
+	}
+	return tx.putConversationJSON(rec, old, convJSON)
+}
+
+// putConversationJSON is putConversation with the public part already encoded: the stored
+// record is that encoding plus the engine's own fields.
+func (tx *Tx) putConversationJSON(rec *conversationRecord, old *conversationRecord, convJSON []byte) error {
+	stored := make([]byte, 0, len(convJSON)+80)
+	stored = append(stored, convJSON[:len(convJSON)-1]...)
+	stored = append(stored, `,"org_id":"`...)
+	stored = append(stored, rec.OrgID...)
+	stored = append(stored, `","last_seq":`...)
+	stored = strconv.AppendUint(stored, rec.LastSeq, 10)
+	stored = append(stored, '}')
+	if err := tx.bolt.Bucket(bucketConvs).Put([]byte(rec.OrgID+rec.ID), stored); err != nil {
 		return err
 	}
 	idx := tx.bolt.Bucket(bucketActivity)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"strconv"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -12,6 +13,16 @@ import (
 // appendEvent gives the event the org's next offset and stores it inside the unit, so the log's
 // order is the commit order and a rolled-back unit leaves no event and no gap.
 func (tx *Tx) appendEvent(orgID, convID, typ string, data any) error {
+	raw, err := json.Marshal(data)
+	if err != nil {
+		return err
+	}
+	return tx.appendEventJSON(orgID, convID, typ, raw)
+}
+
+// appendEventJSON is appendEvent for data that is already JSON, which the hot path splices from
+// pieces it encoded once (the message, the conversation) instead of encoding them again.
+func (tx *Tx) appendEventJSON(orgID, convID, typ string, data []byte) error {
 	log, err := tx.bolt.Bucket(bucketEvents).CreateBucketIfNotExists([]byte(orgID))
 	if err != nil {
 		return err
@@ -20,12 +31,8 @@ func (tx *Tx) appendEvent(orgID, convID, typ string, data any) error {
 	if err != nil {
 		return err
 	}
-	raw, err := json.Marshal(data)
-	if err != nil {
-		return err
-	}
-	ev := Event{ID: newID(PrefixEvent), Offset: offset, Type: typ, CreatedAt: Now(), Data: raw, OrgID: orgID, ConversationID: convID}
-	if err := putJSON(log, u64(offset), storedEvent{Event: ev, OrgID: orgID, ConversationID: convID}); err != nil {
+	ev := Event{ID: newID(PrefixEvent), Offset: offset, Type: typ, CreatedAt: Now(), Data: data, OrgID: orgID, ConversationID: convID}
+	if err := log.Put(u64(offset), encodeStoredEvent(ev)); err != nil {
 		return err
 	}
 	for _, hook := range tx.db.appendHooks {
@@ -35,6 +42,28 @@ func (tx *Tx) appendEvent(orgID, convID, typ string, data any) error {
 	}
 	tx.events = append(tx.events, ev)
 	return nil
+}
+
+// encodeStoredEvent writes the storedEvent JSON by hand: every field but data is an ID, a number,
+// a type name or a time (nothing to escape), and data is valid JSON that encoding/json would
+// otherwise validate and compact a second time.
+func encodeStoredEvent(ev Event) []byte {
+	b := make([]byte, 0, 200+len(ev.Data))
+	b = append(b, `{"id":"`...)
+	b = append(b, ev.ID...)
+	b = append(b, `","offset":`...)
+	b = strconv.AppendUint(b, ev.Offset, 10)
+	b = append(b, `,"type":"`...)
+	b = append(b, ev.Type...)
+	b = append(b, `","created_at":"`...)
+	b = ev.CreatedAt.UTC().AppendFormat(b, timeLayout)
+	b = append(b, `","org_id":"`...)
+	b = append(b, ev.OrgID...)
+	b = append(b, `","conversation_id":"`...)
+	b = append(b, ev.ConversationID...)
+	b = append(b, `","data":`...)
+	b = append(b, ev.Data...)
+	return append(b, '}')
 }
 
 func decodeEvent(v []byte) (Event, error) {

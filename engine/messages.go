@@ -82,10 +82,20 @@ func (db *DB) PostMessage(ctx context.Context, in NewMessage, idem *Idempotency)
 		old := *rec
 		now := Now()
 		rec.LastActivityAt = now
-		if plan.NewState != rec.Status {
-			changes := map[string]Change{"status": {From: rec.Status, To: plan.NewState}}
-			rec.Status = plan.NewState
-			if err := tx.appendEvent(in.OrgID, rec.ID, EventConversationUpdated, ConversationUpdatedData{Conversation: rec.Conversation, Changes: changes}); err != nil {
+		rec.Status = plan.NewState
+		// Every event of this unit carries the conversation as it is after the unit: encode once.
+		convJSON, err := json.Marshal(rec.Conversation)
+		if err != nil {
+			return err
+		}
+		if plan.NewState != old.Status {
+			changes := map[string]Change{"status": {From: old.Status, To: plan.NewState}}
+			changesJSON, err := json.Marshal(changes)
+			if err != nil {
+				return err
+			}
+			data := splice(`{"conversation":`, convJSON, `,"changes":`, changesJSON, `}`)
+			if err := tx.appendEventJSON(in.OrgID, rec.ID, EventConversationUpdated, data); err != nil {
 				return err
 			}
 		}
@@ -94,7 +104,7 @@ func (db *DB) PostMessage(ctx context.Context, in NewMessage, idem *Idempotency)
 				ID: markerID, Role: RoleSystem, Text: AgentJoinedText, Attachments: []Attachment{},
 				Metadata: MessageMetadata{Source: "system", Event: "agent_joined"},
 			}
-			if _, err := tx.appendMessage(rec, marker, now); err != nil {
+			if _, err := tx.appendMessage(rec, convJSON, marker, now); err != nil {
 				return err
 			}
 		}
@@ -107,10 +117,10 @@ func (db *DB) PostMessage(ctx context.Context, in NewMessage, idem *Idempotency)
 		default:
 			msg.Role, msg.Metadata = RoleUser, MessageMetadata{Source: "widget"}
 		}
-		if out, err = tx.appendMessage(rec, msg, now); err != nil {
+		if out, err = tx.appendMessage(rec, convJSON, msg, now); err != nil {
 			return err
 		}
-		if err := tx.putConversation(rec, &old); err != nil {
+		if err := tx.putConversationJSON(rec, &old, convJSON); err != nil {
 			return err
 		}
 		return tx.saveIdempotency(in.OrgID, idem, out)
@@ -118,18 +128,46 @@ func (db *DB) PostMessage(ctx context.Context, in NewMessage, idem *Idempotency)
 	return out, err
 }
 
-// appendMessage gives msg the conversation's next seq and stores it with its event. rec is
-// updated in memory; the caller stores it once all of the unit's messages are appended.
-func (tx *Tx) appendMessage(rec *conversationRecord, msg Message, now Time) (Message, error) {
+// appendMessage gives msg the conversation's next seq and stores it with its event, whose data
+// splices the message and convJSON (the conversation's encoding after the unit). rec is updated
+// in memory; the caller stores it once all of the unit's messages are appended.
+func (tx *Tx) appendMessage(rec *conversationRecord, convJSON []byte, msg Message, now Time) (Message, error) {
 	rec.LastSeq++
 	msg.Seq = rec.LastSeq
 	msg.ConversationID = rec.ID
 	msg.CreatedAt = now
-	if err := putJSON(tx.bolt.Bucket(bucketMsgs), join([]byte(rec.ID), u64(msg.Seq)), msg); err != nil {
+	msgJSON, err := json.Marshal(msg)
+	if err != nil {
 		return Message{}, err
 	}
-	err := tx.appendEvent(rec.OrgID, rec.ID, EventMessageCreated, MessageCreatedData{Message: msg, Conversation: rec.Conversation})
-	return msg, err
+	if err := tx.bolt.Bucket(bucketMsgs).Put(join([]byte(rec.ID), u64(msg.Seq)), msgJSON); err != nil {
+		return Message{}, err
+	}
+	data := splice(`{"message":`, msgJSON, `,"conversation":`, convJSON, `}`)
+	return msg, tx.appendEventJSON(rec.OrgID, rec.ID, EventMessageCreated, data)
+}
+
+// splice concatenates JSON fragments, given as strings or byte slices.
+func splice(parts ...any) []byte {
+	n := 0
+	for _, p := range parts {
+		switch v := p.(type) {
+		case string:
+			n += len(v)
+		case []byte:
+			n += len(v)
+		}
+	}
+	out := make([]byte, 0, n)
+	for _, p := range parts {
+		switch v := p.(type) {
+		case string:
+			out = append(out, v...)
+		case []byte:
+			out = append(out, v...)
+		}
+	}
+	return out
 }
 
 // RequestAgent is the visitor asking for a human: bot_active becomes agent_requested; in
