@@ -219,7 +219,7 @@ func (db *DB) ListConversations(orgID string, status Status, cursor []byte, limi
 				next = lastKey(out, prefix)
 				return nil
 			}
-			convID := string(k[len(prefix)+8:])
+			convID := string(invert(k[len(prefix)+8:]))
 			rec, err := readConversation(btx, orgID, convID)
 			if err != nil {
 				return err
@@ -238,9 +238,19 @@ func lastKey(page []Conversation, prefix []byte) []byte {
 	return activityKey(prefix, last.LastActivityAt, last.ID)
 }
 
+// activityKey sorts newest first: the time is inverted, and so is the id, which breaks ties within
+// a millisecond by creation order (ULIDs grow), newest first as well.
 func activityKey(prefix []byte, at Time, convID string) []byte {
 	inverted := math.MaxUint64 - uint64(at.UnixMilli())
-	return join(prefix, u64(inverted), []byte(convID))
+	return join(prefix, u64(inverted), invert([]byte(convID)))
+}
+
+func invert(b []byte) []byte {
+	out := make([]byte, len(b))
+	for i, c := range b {
+		out[i] = ^c
+	}
+	return out
 }
 
 func readConversation(btx *bolt.Tx, orgID, convID string) (*conversationRecord, error) {

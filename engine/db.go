@@ -23,7 +23,8 @@ import (
 //	orgs      org id                                          → Org (JSON)
 //	keys      BLAKE3-256(secret)                              → Principal (JSON); secrets are never stored
 //	convs     org id · conv id                                → conversationRecord (JSON)
-//	activity  org id · status byte · ^last_activity_ms · conv id → empty: "newest activity first";
+//	activity  org id · status byte · ^last_activity_ms · ^conv id → empty: "newest activity first"
+//	          (^ = bitwise complement, so larger sorts first);
 //	          status byte is the index in Statuses, or anyStatus for the all-statuses list
 //	msgs      conv id · seq                                   → Message (JSON)
 //	events    org id (nested bucket) › offset                 → storedEvent (JSON); the nested
