@@ -31,7 +31,7 @@ import (
 //	          bucket's own sequence hands out offsets, so they roll back with a failed batch and are
 //	          never reused after pruning. One bucket per org keeps each log a contiguous range to
 //	          scan and prune without touching other orgs.
-//	idem      org id · idempotency key                        → idemRecord (JSON)
+//	idem      org id · idempotency key                        → IdempotencyRecord (binary, see idem.go)
 //	meta      "count/" + status                               → uint64: conversations per status
 var (
 	bucketOrgs     = []byte("orgs")
