@@ -190,6 +190,9 @@ func sameString(a, b *string) bool {
 // ListConversations returns orgID's conversations, newest activity first, optionally of one
 // status. cursor is the opaque next value of a previous page; nil starts at the newest.
 func (db *DB) ListConversations(orgID string, status Status, cursor []byte, limit int) ([]Conversation, []byte, error) {
+	if limit < 1 {
+		return nil, nil, errLimit
+	}
 	sb := byte(anyStatus)
 	if status != "" {
 		if !status.Valid() {

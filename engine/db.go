@@ -15,6 +15,7 @@ import (
 
 	"github.com/zeebo/blake3"
 	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 )
 
 // Bucket names and key layouts. Integers are big-endian so bbolt's byte order is the domain's
@@ -46,6 +47,23 @@ var (
 )
 
 const anyStatus = 0xFF
+
+// schemaVersion names the key layouts above. A database written with other layouts is refused
+// rather than misread; a change of layout bumps it and adds a migration here.
+const schemaVersion = 1
+
+var schemaKey = []byte("schema")
+
+func checkSchema(meta *bolt.Bucket) error {
+	v := meta.Get(schemaKey)
+	if v == nil {
+		return meta.Put(schemaKey, u64(schemaVersion))
+	}
+	if len(v) != 8 || binary.BigEndian.Uint64(v) != schemaVersion {
+		return fmt.Errorf("the database has an unknown schema version %x (this build reads %d)", v, schemaVersion)
+	}
+	return nil
+}
 
 // ErrLocked is returned by Open when another process holds the database.
 var ErrLocked = errors.New("the database is in use by another process (is a server running on this data directory?)")
@@ -89,7 +107,7 @@ func Open(dir string, opts Options) (*DB, error) {
 	path := filepath.Join(dir, DatabaseFile)
 	b, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.LockTimeout, FreelistType: bolt.FreelistMapType})
 	if err != nil {
-		if errors.Is(err, bolt.ErrTimeout) {
+		if errors.Is(err, bolterrors.ErrTimeout) {
 			return nil, fmt.Errorf("%s: %w", path, ErrLocked)
 		}
 		return nil, err
@@ -100,7 +118,7 @@ func Open(dir string, opts Options) (*DB, error) {
 				return err
 			}
 		}
-		return nil
+		return checkSchema(tx.Bucket(bucketMeta))
 	})
 	if err != nil {
 		b.Close()

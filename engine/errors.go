@@ -59,3 +59,5 @@ func ErrorCode(err error) string {
 func notFound(what string) *Error {
 	return Errorf(CodeNotFound, "%s not found", what)
 }
+
+var errLimit = Errorf(CodeValidation, "limit must be at least 1").WithDetails(map[string]any{"field": "limit"})

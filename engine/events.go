@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"math"
 	"strconv"
 	"time"
 
@@ -79,8 +80,14 @@ func decodeEvent(v []byte) (Event, error) {
 // ListEvents returns up to limit events of orgID with offset > after, oldest first, and whether
 // more follow.
 func (db *DB) ListEvents(orgID string, after uint64, limit int) ([]Event, bool, error) {
+	if limit < 1 {
+		return nil, false, errLimit
+	}
 	out := []Event{}
 	more := false
+	if after == math.MaxUint64 {
+		return out, false, nil
+	}
 	err := db.bolt.View(func(btx *bolt.Tx) error {
 		log := btx.Bucket(bucketEvents).Bucket([]byte(orgID))
 		if log == nil {
@@ -175,6 +182,9 @@ func (db *DB) PruneEvents(ctx context.Context, cutoff time.Time) (int, error) {
 // sweepEvery runs fn now and then every interval until ctx ends. It is the one shape of every
 // background sweeper, so each exits with its owner's context.
 func sweepEvery(ctx context.Context, interval time.Duration, fn func(context.Context)) {
+	if interval <= 0 {
+		interval = time.Minute
+	}
 	fn(ctx)
 	t := time.NewTicker(interval)
 	defer t.Stop()

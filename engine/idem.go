@@ -97,7 +97,7 @@ func (db *DB) LookupIdempotency(orgID, key string, ttl time.Duration) (*Idempote
 		}
 		r, err := decodeIdempotency(raw)
 		if err != nil {
-			return err
+			return nil // a damaged record is no record: the request runs and overwrites it
 		}
 		if time.Since(r.CreatedAt.Time) < ttl {
 			rec = &r
@@ -153,7 +153,8 @@ func (db *DB) PruneIdempotency(ctx context.Context, ttl time.Duration) (int, err
 				b := tx.bolt.Bucket(bucketIdem)
 				for _, k := range chunk {
 					// Re-read: a retry may have rewritten the key since the scan.
-					if at, ok := idemCreatedAt(b.Get(k)); ok && at.Before(cutoff) {
+					// A record too short to hold its time is damaged: it goes too.
+					if at, ok := idemCreatedAt(b.Get(k)); !ok || at.Before(cutoff) {
 						if err := b.Delete(k); err != nil {
 							return err
 						}

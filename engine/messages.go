@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"encoding/json"
+	"math"
 	"strings"
 	"unicode/utf8"
 
@@ -205,8 +206,14 @@ func (db *DB) RequestAgent(ctx context.Context, orgID, convID string, idem *Idem
 // ListMessages returns up to limit messages of a conversation with seq > after, oldest first, and
 // whether more follow.
 func (db *DB) ListMessages(orgID, convID string, after uint64, limit int) ([]Message, bool, error) {
+	if limit < 1 {
+		return nil, false, errLimit
+	}
 	out := []Message{}
 	more := false
+	if after == math.MaxUint64 {
+		return out, false, nil
+	}
 	err := db.bolt.View(func(btx *bolt.Tx) error {
 		if _, err := readConversation(btx, orgID, convID); err != nil {
 			return err

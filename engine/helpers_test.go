@@ -1,0 +1,246 @@
+package engine
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"reflect"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Shared helpers of the engine's tests. Every test works on a real bbolt file in its own temporary
+// directory: the commit loop, fsync and key layouts are what is under test, so nothing is mocked.
+
+// waitTimeout bounds every wait of the suite; it is generous because the race detector on two
+// cores slows fsync-bound work down a lot, and it is only ever reached when a test fails.
+const waitTimeout = 20 * time.Second
+
+// openTestDB opens a fresh database in a temporary directory and closes it when the test ends.
+func openTestDB(tb testing.TB) *DB {
+	tb.Helper()
+	return openDBAt(tb, tb.TempDir())
+}
+
+// openDBAt opens the database in dir and closes it when the test ends. Closing twice is allowed,
+// so a test may close it earlier itself (to reopen the directory, or to test Close).
+func openDBAt(tb testing.TB, dir string) *DB {
+	tb.Helper()
+	db, err := Open(dir, Options{})
+	if err != nil {
+		tb.Fatalf("open %s: %v", dir, err)
+	}
+	tb.Cleanup(func() {
+		if err := db.Close(); err != nil {
+			tb.Errorf("close: %v", err)
+		}
+	})
+	return db
+}
+
+// newTestOrg creates an org whose initial status is open.
+func newTestOrg(tb testing.TB, db *DB) CreatedOrg {
+	tb.Helper()
+	org, err := db.CreateOrg(context.Background(), NewOrg{Name: "test org"})
+	if err != nil {
+		tb.Fatalf("create org: %v", err)
+	}
+	return org
+}
+
+// newConv creates a conversation in status s. Only bot_active, agent_requested and open can be
+// created directly; the finished statuses are reached through the shortest allowed PATCH path.
+func newConv(tb testing.TB, db *DB, orgID string, s Status) Conversation {
+	tb.Helper()
+	create := s
+	if !creatableStatus(s) {
+		create = StatusOpen
+	}
+	created, err := db.CreateConversation(context.Background(), orgID, NewConversation{Status: create}, nil)
+	if err != nil {
+		tb.Fatalf("create conversation: %v", err)
+	}
+	c := created.Conversation
+	var path []Status
+	switch s {
+	case StatusResolved, StatusClosed:
+		path = []Status{s}
+	case StatusArchived:
+		path = []Status{StatusResolved, StatusArchived}
+	}
+	for _, next := range path {
+		c = patchStatus(tb, db, orgID, c.ID, next)
+	}
+	if c.Status != s {
+		tb.Fatalf("set-up: conversation is %s, want %s", c.Status, s)
+	}
+	return c
+}
+
+// patchStatus moves a conversation to s and fails the test if that is refused.
+func patchStatus(tb testing.TB, db *DB, orgID, convID string, s Status) Conversation {
+	tb.Helper()
+	c, err := db.UpdateConversation(context.Background(), orgID, convID, ConversationPatch{Status: &s}, nil)
+	if err != nil {
+		tb.Fatalf("patch status to %s: %v", s, err)
+	}
+	return c
+}
+
+// postAgent posts an agent reply and fails the test if it is refused.
+func postAgent(tb testing.TB, db *DB, orgID, convID, text string) Message {
+	tb.Helper()
+	m, err := db.PostMessage(context.Background(), NewMessage{OrgID: orgID, ConversationID: convID, Author: AuthorAgent, APIKeyID: "key_test", Text: text}, nil)
+	if err != nil {
+		tb.Fatalf("post message: %v", err)
+	}
+	return m
+}
+
+// latestOffset is the org's last event offset ever given.
+func latestOffset(tb testing.TB, db *DB, orgID string) uint64 {
+	tb.Helper()
+	_, latest, err := db.LogBounds(orgID)
+	if err != nil {
+		tb.Fatalf("log bounds: %v", err)
+	}
+	return latest
+}
+
+// eventsAfter reads the whole log of orgID after an offset, page by page.
+func eventsAfter(tb testing.TB, db *DB, orgID string, after uint64) []Event {
+	tb.Helper()
+	var all []Event
+	for {
+		page, more, err := db.ListEvents(orgID, after, 100)
+		if err != nil {
+			tb.Fatalf("list events: %v", err)
+		}
+		all = append(all, page...)
+		if !more {
+			return all
+		}
+		after = page[len(page)-1].Offset
+	}
+}
+
+// allMessages reads a conversation's whole thread.
+func allMessages(tb testing.TB, db *DB, orgID, convID string) []Message {
+	tb.Helper()
+	var all []Message
+	var after uint64
+	for {
+		page, more, err := db.ListMessages(orgID, convID, after, 100)
+		if err != nil {
+			tb.Fatalf("list messages: %v", err)
+		}
+		all = append(all, page...)
+		if !more {
+			return all
+		}
+		after = page[len(page)-1].Seq
+	}
+}
+
+// decodeData decodes an event's data into T.
+func decodeData[T any](tb testing.TB, ev Event) T {
+	tb.Helper()
+	var v T
+	if err := json.Unmarshal(ev.Data, &v); err != nil {
+		tb.Fatalf("event %d (%s) data: %v: %s", ev.Offset, ev.Type, err, ev.Data)
+	}
+	return v
+}
+
+// statusChange returns the from and to of an event's changes.status, as the wire carries them.
+func statusChange(tb testing.TB, ev Event) (from, to string) {
+	tb.Helper()
+	if ev.Type != EventConversationUpdated {
+		tb.Fatalf("event %d is %s, want %s", ev.Offset, ev.Type, EventConversationUpdated)
+	}
+	var d struct {
+		Changes map[string]struct {
+			From string `json:"from"`
+			To   string `json:"to"`
+		} `json:"changes"`
+	}
+	if err := json.Unmarshal(ev.Data, &d); err != nil {
+		tb.Fatalf("event %d data: %v", ev.Offset, err)
+	}
+	ch, ok := d.Changes["status"]
+	if !ok {
+		tb.Fatalf("event %d has no changes.status: %s", ev.Offset, ev.Data)
+	}
+	return ch.From, ch.To
+}
+
+// wantCode fails the test unless err is an *Error with the given code, and returns it.
+func wantCode(tb testing.TB, err error, code string) *Error {
+	tb.Helper()
+	var e *Error
+	if !errors.As(err, &e) {
+		tb.Fatalf("error = %v (%T), want an *Error with code %s", err, err, code)
+	}
+	if e.Code != code {
+		tb.Fatalf("error code = %s (%v), want %s", e.Code, e, code)
+	}
+	return e
+}
+
+// wantDetails fails the test unless e carries exactly the given details.
+func wantDetails(tb testing.TB, e *Error, want map[string]any) {
+	tb.Helper()
+	if !reflect.DeepEqual(e.Details, want) {
+		tb.Fatalf("details = %#v, want %#v", e.Details, want)
+	}
+}
+
+// waitFor polls cond until it holds and fails the test at the deadline. It is only for states
+// that offer no channel to wait on, such as a unit sitting in the commit queue.
+func waitFor(tb testing.TB, what string, cond func() bool) {
+	tb.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	tick := time.NewTicker(100 * time.Microsecond)
+	defer tick.Stop()
+	for !cond() {
+		if time.Now().After(deadline) {
+			tb.Fatalf("timed out waiting for %s", what)
+		}
+		<-tick.C
+	}
+}
+
+// recv waits for one value from ch and fails the test at the deadline.
+func recv[T any](tb testing.TB, what string, ch <-chan T) T {
+	tb.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(waitTimeout):
+		tb.Fatalf("timed out waiting for %s", what)
+		panic("unreachable")
+	}
+}
+
+// waitNextMilli returns once Now() is past t. Times carry milliseconds, so two writes that must
+// be told apart by their time (activity order, pruning cutoffs) need a clock tick between them;
+// this waits for the tick itself rather than sleeping for a guessed duration.
+func waitNextMilli(t Time) Time {
+	for {
+		if now := Now(); now.After(t.Time) {
+			return now
+		}
+	}
+}
+
+// waitAll waits for wg with a deadline, so a lost answer fails the test instead of hanging it.
+func waitAll(tb testing.TB, what string, wg *sync.WaitGroup) {
+	tb.Helper()
+	done := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(done)
+	}()
+	recv(tb, what, done)
+}
