@@ -48,6 +48,11 @@ var (
 
 const anyStatus = 0xFF
 
+// appendFill is the page fill of the buckets that only grow at the end of a key range (an org's
+// event log, a conversation's messages): bbolt's default of one half suits random inserts and
+// leaves every page of an append-only range half empty, doubling the file and the pages written.
+const appendFill = 0.95
+
 // schemaVersion names the key layouts above. A database written with other layouts is refused
 // rather than misread; a change of layout bumps it and adds a migration here.
 const schemaVersion = 1

@@ -28,6 +28,7 @@ func (tx *Tx) appendEventJSON(orgID, convID, typ string, data []byte) error {
 	if err != nil {
 		return err
 	}
+	log.FillPercent = appendFill
 	offset, err := log.NextSequence()
 	if err != nil {
 		return err

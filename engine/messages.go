@@ -141,7 +141,9 @@ func (tx *Tx) appendMessage(rec *conversationRecord, convJSON []byte, msg Messag
 	if err != nil {
 		return Message{}, err
 	}
-	if err := tx.bolt.Bucket(bucketMsgs).Put(join([]byte(rec.ID), u64(msg.Seq)), msgJSON); err != nil {
+	msgs := tx.bolt.Bucket(bucketMsgs)
+	msgs.FillPercent = appendFill
+	if err := msgs.Put(join([]byte(rec.ID), u64(msg.Seq)), msgJSON); err != nil {
 		return Message{}, err
 	}
 	data := splice(`{"message":`, msgJSON, `,"conversation":`, convJSON, `}`)
