@@ -22,7 +22,6 @@ type Config struct {
 	EventRetention       time.Duration
 	ShutdownTimeout      time.Duration
 	SweepEvery           time.Duration
-	RateIdleAfter        time.Duration
 }
 
 func defaultConfig() Config {
@@ -34,7 +33,6 @@ func defaultConfig() Config {
 		EventRetention:       7 * 24 * time.Hour,
 		ShutdownTimeout:      15 * time.Second,
 		SweepEvery:           time.Minute,
-		RateIdleAfter:        10 * time.Minute,
 	}
 }
 

@@ -261,3 +261,24 @@ func TestKillNineBetweenRetriesNeverDuplicates(t *testing.T) {
 		}
 	}
 }
+
+// TestIdempotencyScopesOfVisitors: a visitor's keys live in its own conversation's scope, so
+// another visitor cannot replay its answers (which would show another visitor's data) and no
+// visitor can block or poison the team's keys.
+func TestIdempotencyScopesOfVisitors(t *testing.T) {
+	ts := newTestServer(t)
+	org := ts.newOrg(t, 0, 0)
+	convA, tokenA := ts.createConversation(t, org.APIKey, engine.StatusBotActive)
+	_, tokenB := ts.createConversation(t, org.APIKey, engine.StatusBotActive)
+	path := "/widget/conversations/" + convA + "/request-agent"
+	mustStatus(t, ts.do(t, "POST", path, tokenA, nil, "Idempotency-Key", "R"), 200)
+	r := mustStatus(t, ts.do(t, "POST", path, tokenB, nil, "Idempotency-Key", "R"), 404)
+	if r.Header.Get("Idempotent-Replayed") != "" {
+		t.Fatal("visitor B got visitor A's stored answer")
+	}
+	// The team's key R is its own: no mismatch with the visitor's, no replay of it.
+	team := mustStatus(t, ts.do(t, "PATCH", "/conversations/"+convA, org.APIKey, `{"status":"open"}`, "Idempotency-Key", "R"), 200)
+	if team.Header.Get("Idempotent-Replayed") != "" {
+		t.Fatal("the team got a visitor's stored answer")
+	}
+}

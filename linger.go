@@ -51,6 +51,8 @@ func (c *lingeringConn) Close() error {
 	if err := tcp.CloseWrite(); err != nil {
 		return tcp.Close()
 	}
+	// This goroutine may outlive server.Close: it owns nothing but this socket, and ends within
+	// lingerTimeout whatever the client does.
 	go func() {
 		tcp.SetReadDeadline(time.Now().Add(lingerTimeout))
 		io.CopyN(io.Discard, tcp, lingerBytes)

@@ -109,7 +109,7 @@ func openOffline(dir string) (*engine.DB, error) {
 	}
 	db, err := engine.Open(dir, engine.Options{LockTimeout: time.Second})
 	if errors.Is(err, engine.ErrLocked) {
-		return nil, fmt.Errorf("%w; stop it first or use the running server", err)
+		return nil, fmt.Errorf("%w; stop the server first", err)
 	}
 	return db, err
 }
@@ -128,6 +128,9 @@ func orgCreateCommand(args []string, stdout io.Writer) error {
 	initial := fs.String("initial-status", string(engine.DefaultInitialStatus), "status of conversations the widget opens")
 	if err := parseWithEnv(fs, args); err != nil {
 		return err
+	}
+	if *rate <= 0 || *burst < 1 {
+		return errors.New("--rate must be positive and --burst at least 1")
 	}
 	db, err := openOffline(*dir)
 	if err != nil {

@@ -20,3 +20,19 @@ func TestMetricsLabelsStayBounded(t *testing.T) {
 		t.Fatalf("unbounded or missing method labels in /metrics")
 	}
 }
+
+// TestOptionsOnlyWhereAnswered: OPTIONS is allowed, and listed in Allow, only on the widget's
+// real paths.
+func TestOptionsOnlyWhereAnswered(t *testing.T) {
+	ts := newTestServer(t)
+	r := mustStatus(t, ts.do(t, "OPTIONS", "/healthz", "", nil), 405)
+	if allow := r.Header.Get("Allow"); allow != "GET" {
+		t.Fatalf("Allow %q, want GET", allow)
+	}
+	r = mustStatus(t, ts.do(t, "PUT", "/conversations/conv_x/messages", "", nil), 405)
+	if allow := r.Header.Get("Allow"); allow != "GET, POST" {
+		t.Fatalf("Allow %q, want GET, POST", allow)
+	}
+	mustStatus(t, ts.do(t, "OPTIONS", "/widget/nope", "", nil), 404)
+	mustStatus(t, ts.do(t, "OPTIONS", "/widget/conversations/conv_x/messages", "", nil), 204)
+}

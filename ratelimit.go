@@ -84,10 +84,7 @@ func (l *limiter) allow(ctx *fasthttp.RequestCtx, who engine.Principal) error {
 		return err
 	}
 	now := time.Now()
-	r := b.lim.ReserveN(now, 1)
-	if !r.OK() {
-		return engine.Errorf(engine.CodeRateLimited, "rate limit exceeded")
-	}
+	r := b.lim.ReserveN(now, 1) // always OK: every bucket has a burst of at least 1
 	wait := r.DelayFrom(now)
 	if wait > 0 {
 		r.CancelAt(now)

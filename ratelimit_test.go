@@ -145,3 +145,16 @@ func TestIdleBucketsAreDropped(t *testing.T) {
 		t.Fatalf("%d buckets kept", left)
 	}
 }
+
+// TestWrongKindOfKeyIsMetered: the public widget key on a team endpoint gets 403, and pays a
+// token for it like any known key.
+func TestWrongKindOfKeyIsMetered(t *testing.T) {
+	ts := newTestServer(t)
+	org := ts.newOrg(t, 1, 2)
+	for i, want := range []int{403, 403, 429} {
+		r := mustStatus(t, ts.do(t, "GET", "/conversations", org.WidgetKey, nil), want)
+		if name, _, _, remaining, _ := rateHeaders(t, r); name != "widget" || (i == 0 && remaining != 1) {
+			t.Fatalf("request %d: policy %q, %d left", i+1, name, remaining)
+		}
+	}
+}

@@ -62,16 +62,22 @@ func (s *server) serveRoute(ctx *fasthttp.RequestCtx, need keyNeed, okStatus int
 	if need != needAPIKey {
 		setCORS(ctx)
 	}
-	who, err := s.authenticate(ctx, need)
+	who, err := s.authenticate(ctx)
 	if err != nil {
 		s.writeError(ctx, err)
 		return
 	}
-	c := &call{ctx: ctx, who: who}
+	// Every known key spends a token before anything else is judged, a key of the wrong kind
+	// included: the public widget key must not reach team endpoints unmetered.
 	if err := s.limits.allow(ctx, who); err != nil {
 		s.writeError(ctx, err)
 		return
 	}
+	if err := checkKind(who, need); err != nil {
+		s.writeError(ctx, err)
+		return
+	}
+	c := &call{ctx: ctx, who: who}
 	if !ctx.IsPost() && !ctx.IsPatch() {
 		s.finish(c, okStatus, h)
 		return
@@ -86,13 +92,14 @@ func (s *server) serveRoute(ctx *fasthttp.RequestCtx, need keyNeed, okStatus int
 			WithDetails(map[string]any{"header": "Idempotency-Key"}))
 		return
 	}
-	scoped := who.OrgID + string(key)
+	scopedKey := idempotencyScope(who) + string(key)
+	scoped := who.OrgID + scopedKey
 	if !s.inflight.acquire(scoped) {
 		s.writeError(ctx, engine.Errorf(engine.CodeIdempotencyInUse, "a request with this Idempotency-Key is still in progress; retry after it finishes"))
 		return
 	}
 	defer s.inflight.release(scoped)
-	c.idem = &engine.Idempotency{Key: string(key), Fingerprint: fingerprint(ctx), Status: okStatus}
+	c.idem = &engine.Idempotency{Key: scopedKey, Fingerprint: fingerprint(ctx), Status: okStatus}
 	rec, err := s.db.LookupIdempotency(who.OrgID, c.idem.Key, s.cfg.IdempotencyTTL)
 	if err != nil {
 		s.writeError(ctx, err)
@@ -110,10 +117,29 @@ func (s *server) serveRoute(ctx *fasthttp.RequestCtx, need keyNeed, okStatus int
 	s.finish(c, okStatus, h)
 }
 
+// idempotencyScope narrows the org's key space for callers that are not the team. API keys share
+// the org's scope, as section 7 says; a visitor token gets its own conversation's, so visitors
+// can neither replay each other's answers nor block or poison the team's keys; the public widget
+// key gets one of its own. The prefixes start with a byte no valid key contains, so no scope can
+// name another's keys.
+func idempotencyScope(who engine.Principal) string {
+	switch who.Kind {
+	case engine.KeyVisitor:
+		return "\x00visitor\x00" + who.ConversationID + "\x00"
+	case engine.KeyWidget:
+		return "\x00widget\x00"
+	}
+	return ""
+}
+
 // finish runs the handler and answers. With an idempotency key, a 4xx outcome is stored here
 // (a 2xx was stored by the engine with its effects; 409, 429 and 5xx are never stored).
 func (s *server) finish(c *call, okStatus int, h handler) {
 	result, err := h(c)
+	if err == nil && c.idem != nil && c.idem.Stored != nil {
+		writeJSON(c.ctx, okStatus, c.idem.Stored) // the very bytes a replay will return
+		return
+	}
 	if err == nil {
 		body, mErr := json.Marshal(result)
 		if mErr != nil {
@@ -182,22 +208,31 @@ func fingerprint(ctx *fasthttp.RequestCtx) [32]byte {
 	return out
 }
 
-// authenticate finds the request's principal and checks that it is the kind the route takes.
-func (s *server) authenticate(ctx *fasthttp.RequestCtx, need keyNeed) (engine.Principal, error) {
+// authenticate finds the request's principal from its bearer secret.
+func (s *server) authenticate(ctx *fasthttp.RequestCtx) (engine.Principal, error) {
 	auth := ctx.Request.Header.Peek("Authorization")
 	// The scheme name is case-insensitive (RFC 9110 §11.1).
 	if len(auth) < 7 || !bytes.EqualFold(auth[:7], []byte("Bearer ")) {
 		return engine.Principal{}, engine.Errorf(engine.CodeUnauthorized, "send your key as Authorization: Bearer <key>")
 	}
-	who, err := s.db.Authenticate(strings.TrimSpace(string(auth[7:])))
-	if err != nil {
-		return who, err
+	return s.db.Authenticate(strings.TrimSpace(string(auth[7:])))
+}
+
+// checkKind refuses a known key of the wrong kind for the route with 403.
+func checkKind(who engine.Principal, need keyNeed) error {
+	var want engine.KeyKind
+	switch need {
+	case needAPIKey:
+		want = engine.KeyAPI
+	case needWidgetKey:
+		want = engine.KeyWidget
+	default:
+		want = engine.KeyVisitor
 	}
-	want := map[keyNeed]engine.KeyKind{needAPIKey: engine.KeyAPI, needWidgetKey: engine.KeyWidget, needVisitor: engine.KeyVisitor}[need]
 	if who.Kind != want {
-		return engine.Principal{}, engine.Errorf(engine.CodeForbidden, "this endpoint takes %s, not %s", kindName(want), kindName(who.Kind))
+		return engine.Errorf(engine.CodeForbidden, "this endpoint takes %s, not %s", kindName(want), kindName(who.Kind))
 	}
-	return who, nil
+	return nil
 }
 
 func kindName(k engine.KeyKind) string {

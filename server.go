@@ -1,12 +1,14 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
@@ -158,21 +160,26 @@ func (s *server) routes() fasthttp.RequestHandler {
 	r.HandleOPTIONS = false
 	r.SaveMatchedRoutePath = false
 
-	r.POST("/conversations", s.route("/conversations", needAPIKey, 201, s.createConversation))
-	r.GET("/conversations", s.route("/conversations", needAPIKey, 200, s.listConversations))
-	r.GET("/conversations/{id}", s.route("/conversations/{id}", needAPIKey, 200, s.getConversation))
-	r.PATCH("/conversations/{id}", s.route("/conversations/{id}", needAPIKey, 200, s.patchConversation))
-	r.POST("/conversations/{id}/messages", s.route("/conversations/{id}/messages", needAPIKey, 201, s.postAgentMessage))
-	r.GET("/conversations/{id}/messages", s.route("/conversations/{id}/messages", needAPIKey, 200, s.listMessages))
-	r.POST("/conversations/{id}/bot-messages", s.route("/conversations/{id}/bot-messages", needAPIKey, 201, s.postBotMessage))
-	r.GET("/events", s.route("/events", needAPIKey, 200, s.listEvents))
+	api := func(method, path string, need keyNeed, okStatus int, h handler) {
+		r.Handle(method, path, s.route(path, need, okStatus, h))
+	}
+	api("POST", "/conversations", needAPIKey, 201, s.createConversation)
+	api("GET", "/conversations", needAPIKey, 200, s.listConversations)
+	api("GET", "/conversations/{id}", needAPIKey, 200, s.getConversation)
+	api("PATCH", "/conversations/{id}", needAPIKey, 200, s.patchConversation)
+	api("POST", "/conversations/{id}/messages", needAPIKey, 201, s.postAgentMessage)
+	api("GET", "/conversations/{id}/messages", needAPIKey, 200, s.listMessages)
+	api("POST", "/conversations/{id}/bot-messages", needAPIKey, 201, s.postBotMessage)
+	api("GET", "/events", needAPIKey, 200, s.listEvents)
 
-	r.POST("/widget/conversations", s.route("/widget/conversations", needWidgetKey, 201, s.widgetCreateConversation))
-	r.GET("/widget/conversations/{id}", s.route("/widget/conversations/{id}", needVisitor, 200, s.getConversation))
-	r.GET("/widget/conversations/{id}/messages", s.route("/widget/conversations/{id}/messages", needVisitor, 200, s.listMessages))
-	r.POST("/widget/conversations/{id}/messages", s.route("/widget/conversations/{id}/messages", needVisitor, 201, s.postVisitorMessage))
-	r.POST("/widget/conversations/{id}/request-agent", s.route("/widget/conversations/{id}/request-agent", needVisitor, 200, s.requestAgent))
-	r.OPTIONS("/widget/{path:*}", s.preflight)
+	api("POST", "/widget/conversations", needWidgetKey, 201, s.widgetCreateConversation)
+	api("GET", "/widget/conversations/{id}", needVisitor, 200, s.getConversation)
+	api("GET", "/widget/conversations/{id}/messages", needVisitor, 200, s.listMessages)
+	api("POST", "/widget/conversations/{id}/messages", needVisitor, 201, s.postVisitorMessage)
+	api("POST", "/widget/conversations/{id}/request-agent", needVisitor, 200, s.requestAgent)
+	for _, path := range []string{"/widget/conversations", "/widget/conversations/{id}", "/widget/conversations/{id}/messages", "/widget/conversations/{id}/request-agent"} {
+		r.OPTIONS(path, s.preflight)
+	}
 
 	r.GET("/healthz", s.healthz)
 	r.GET("/metrics", s.metrics.handler())
@@ -184,6 +191,10 @@ func (s *server) routes() fasthttp.RequestHandler {
 	}
 	r.MethodNotAllowed = func(ctx *fasthttp.RequestCtx) {
 		start := time.Now()
+		// The router lists OPTIONS on every path; only the widget's paths answer it.
+		if !bytes.HasPrefix(ctx.Path(), []byte("/widget/")) {
+			ctx.Response.Header.Set("Allow", withoutOptions(string(ctx.Response.Header.Peek("Allow"))))
+		}
 		s.writeError(ctx, engine.Errorf(engine.CodeMethodNotAllowed, "%s is not allowed on %s", ctx.Method(), ctx.Path()))
 		s.metrics.observe("unmatched", ctx, start)
 	}
@@ -191,6 +202,16 @@ func (s *server) routes() fasthttp.RequestHandler {
 		s.writeError(ctx, fmt.Errorf("panic: %v", v))
 	}
 	return r.Handler
+}
+
+func withoutOptions(allow string) string {
+	var kept []string
+	for _, m := range strings.Split(allow, ", ") {
+		if m != "OPTIONS" {
+			kept = append(kept, m)
+		}
+	}
+	return strings.Join(kept, ", ")
 }
 
 func (s *server) healthz(ctx *fasthttp.RequestCtx) {

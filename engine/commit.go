@@ -17,8 +17,13 @@ import (
 type Tx struct {
 	db     *DB
 	bolt   *bolt.Tx
+	now    Time
 	events []Event
 }
+
+// Now is the unit's one timestamp: every message, event and activity time a unit writes shares
+// it, so a takeover's status change, marker and reply carry the same instant.
+func (tx *Tx) Now() Time { return tx.now }
 
 // Bolt exposes the underlying transaction so packages that plug into a unit (the webhook outbox)
 // can keep their rows in their own buckets.
@@ -145,7 +150,7 @@ func (c *committer) run(batch []*pending) {
 		var unitErr error
 		err := c.db.bolt.Update(func(btx *bolt.Tx) error {
 			for i, p := range batch {
-				tx := &Tx{db: c.db, bolt: btx}
+				tx := &Tx{db: c.db, bolt: btx, now: Now()}
 				if err := callUnit(p.unit, tx); err != nil {
 					failed, unitErr = i, err
 					return errUnitFailed

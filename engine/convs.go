@@ -92,7 +92,7 @@ func (db *DB) CreateConversation(ctx context.Context, orgID string, in NewConver
 		if status == "" {
 			status = org.InitialStatus
 		}
-		now := Now()
+		now := tx.now
 		rec := &conversationRecord{
 			Conversation: Conversation{ID: convID, Status: status, Visitor: visitor, CreatedAt: now, LastActivityAt: now},
 			OrgID:        orgID,
@@ -145,26 +145,27 @@ func (db *DB) UpdateConversation(ctx context.Context, orgID, convID string, patc
 		}
 		patch.Assignee = &a
 	}
+	// Judge the patch on a read first: a refused transition or a no-op (without a key to store)
+	// is answered without a write, and never costs its batch neighbours a re-run.
+	current, err := db.Conversation(orgID, convID)
+	if err != nil {
+		return Conversation{}, err
+	}
+	probe := conversationRecord{Conversation: current}
+	changes, err := patch.apply(&probe, Now())
+	if err != nil || (len(changes) == 0 && idem == nil) {
+		return current, err
+	}
 	var out Conversation
-	err := db.Update(ctx, func(tx *Tx) error {
+	err = db.Update(ctx, func(tx *Tx) error {
 		rec, err := readConversation(tx.bolt, orgID, convID)
 		if err != nil {
 			return err
 		}
 		old := *rec
-		changes := map[string]Change{}
-		if patch.Status != nil && *patch.Status != rec.Status {
-			if !CanTransition(rec.Status, *patch.Status) {
-				return Errorf(CodeInvalidState, "cannot move a conversation from %s to %s", rec.Status, *patch.Status).
-					WithDetails(map[string]any{"from": string(rec.Status), "to": string(*patch.Status)})
-			}
-			changes["status"] = Change{From: rec.Status, To: *patch.Status}
-			rec.Status = *patch.Status
-			rec.LastActivityAt = Now()
-		}
-		if patch.SetAssignee && !sameString(patch.Assignee, rec.Assignee) {
-			changes["assignee"] = Change{From: rec.Assignee, To: patch.Assignee}
-			rec.Assignee = patch.Assignee
+		changes, err := patch.apply(rec, tx.now)
+		if err != nil {
+			return err
 		}
 		if len(changes) > 0 {
 			if err := tx.putConversation(rec, &old); err != nil {
@@ -178,6 +179,26 @@ func (db *DB) UpdateConversation(ctx context.Context, orgID, convID string, patc
 		return tx.saveIdempotency(orgID, idem, out)
 	})
 	return out, err
+}
+
+// apply makes the patch's changes to rec and lists them; a transition section 4 forbids is
+// invalid_state and changes nothing.
+func (patch ConversationPatch) apply(rec *conversationRecord, now Time) (map[string]Change, error) {
+	changes := map[string]Change{}
+	if patch.Status != nil && *patch.Status != rec.Status {
+		if !CanTransition(rec.Status, *patch.Status) {
+			return nil, Errorf(CodeInvalidState, "cannot move a conversation from %s to %s", rec.Status, *patch.Status).
+				WithDetails(map[string]any{"from": string(rec.Status), "to": string(*patch.Status)})
+		}
+		changes["status"] = Change{From: rec.Status, To: *patch.Status}
+		rec.Status = *patch.Status
+		rec.LastActivityAt = now
+	}
+	if patch.SetAssignee && !sameString(patch.Assignee, rec.Assignee) {
+		changes["assignee"] = Change{From: rec.Assignee, To: patch.Assignee}
+		rec.Assignee = patch.Assignee
+	}
+	return changes, nil
 }
 
 func sameString(a, b *string) bool {

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/zeebo/blake3"
@@ -32,7 +33,9 @@ import (
 //	          bucket's own sequence hands out offsets, so they roll back with a failed batch and are
 //	          never reused after pruning. One bucket per org keeps each log a contiguous range to
 //	          scan and prune without touching other orgs.
-//	idem      org id · idempotency key                        → IdempotencyRecord (binary, see idem.go)
+//	idem      org id · idempotency key                        → IdempotencyRecord (binary, see idem.go);
+//	          keys of visitor and widget requests carry their own scope (see the HTTP layer)
+//	idem_time created_ms · org id · idempotency key            → empty: expiry order for the sweeper
 //	meta      "count/" + status                               → uint64: conversations per status
 var (
 	bucketOrgs     = []byte("orgs")
@@ -42,8 +45,9 @@ var (
 	bucketMsgs     = []byte("msgs")
 	bucketEvents   = []byte("events")
 	bucketIdem     = []byte("idem")
+	bucketIdemTime = []byte("idem_time")
 	bucketMeta     = []byte("meta")
-	allBuckets     = [][]byte{bucketOrgs, bucketKeys, bucketConvs, bucketActivity, bucketMsgs, bucketEvents, bucketIdem, bucketMeta}
+	allBuckets     = [][]byte{bucketOrgs, bucketKeys, bucketConvs, bucketActivity, bucketMsgs, bucketEvents, bucketIdem, bucketIdemTime, bucketMeta}
 )
 
 const anyStatus = 0xFF
@@ -92,7 +96,8 @@ type DB struct {
 	authMu    sync.Mutex
 	authCache map[[32]byte]authEntry
 
-	appendHooks []func(*Tx, Event) error
+	hooksMu     sync.Mutex // serializes OnAppend; the commit loop reads the pointer lock-free
+	appendHooks atomic.Pointer[[]func(*Tx, Event) error]
 }
 
 // DatabaseFile is the name of the bbolt file inside a data directory.
@@ -146,7 +151,16 @@ func (db *DB) Path() string { return db.path }
 // OnAppend registers a function that runs inside the write transaction for every event appended,
 // so a consumer can write its own rows (a webhook outbox) atomically with the event. Register
 // before serving; an error fails the unit that appended the event.
-func (db *DB) OnAppend(fn func(*Tx, Event) error) { db.appendHooks = append(db.appendHooks, fn) }
+func (db *DB) OnAppend(fn func(*Tx, Event) error) {
+	db.hooksMu.Lock()
+	defer db.hooksMu.Unlock()
+	var hooks []func(*Tx, Event) error
+	if old := db.appendHooks.Load(); old != nil {
+		hooks = append(hooks, *old...)
+	}
+	hooks = append(hooks, fn)
+	db.appendHooks.Store(&hooks)
+}
 
 // Backup writes a consistent copy of the whole database to w from one read transaction.
 func (db *DB) Backup(w io.Writer) (int64, error) {

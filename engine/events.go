@@ -33,13 +33,15 @@ func (tx *Tx) appendEventJSON(orgID, convID, typ string, data []byte) error {
 	if err != nil {
 		return err
 	}
-	ev := Event{ID: newID(PrefixEvent), Offset: offset, Type: typ, CreatedAt: Now(), Data: data, OrgID: orgID, ConversationID: convID}
+	ev := Event{ID: newID(PrefixEvent), Offset: offset, Type: typ, CreatedAt: tx.now, Data: data, OrgID: orgID, ConversationID: convID}
 	if err := log.Put(u64(offset), encodeStoredEvent(ev)); err != nil {
 		return err
 	}
-	for _, hook := range tx.db.appendHooks {
-		if err := hook(tx, ev); err != nil {
-			return err
+	if hooks := tx.db.appendHooks.Load(); hooks != nil {
+		for _, hook := range *hooks {
+			if err := hook(tx, ev); err != nil {
+				return err
+			}
 		}
 	}
 	tx.events = append(tx.events, ev)
@@ -145,8 +147,17 @@ func (db *DB) PruneEvents(ctx context.Context, cutoff time.Time) (int, error) {
 			if err := ctx.Err(); err != nil {
 				return total, err
 			}
+			// Look before writing: a sweep with nothing to prune must not cost each org an
+			// fsync'd transaction.
+			due, err := db.oldestEventBefore(org.ID, cutoff)
+			if err != nil || !due {
+				if err != nil {
+					return total, err
+				}
+				break
+			}
 			n := 0
-			err := db.Update(ctx, func(tx *Tx) error {
+			err = db.Update(ctx, func(tx *Tx) error {
 				n = 0
 				log := tx.bolt.Bucket(bucketEvents).Bucket([]byte(org.ID))
 				if log == nil {
@@ -178,6 +189,25 @@ func (db *DB) PruneEvents(ctx context.Context, cutoff time.Time) (int, error) {
 		}
 	}
 	return total, nil
+}
+
+// oldestEventBefore reports whether orgID's oldest kept event was created before cutoff.
+func (db *DB) oldestEventBefore(orgID string, cutoff time.Time) (bool, error) {
+	var due bool
+	err := db.bolt.View(func(btx *bolt.Tx) error {
+		log := btx.Bucket(bucketEvents).Bucket([]byte(orgID))
+		if log == nil {
+			return nil
+		}
+		_, v := log.Cursor().First()
+		if v == nil {
+			return nil
+		}
+		ev, err := decodeEvent(v)
+		due = err == nil && ev.CreatedAt.Before(cutoff)
+		return err
+	})
+	return due, err
 }
 
 // sweepEvery runs fn now and then every interval until ctx ends. It is the one shape of every

@@ -228,8 +228,9 @@ func putIdemAt(tb testing.TB, db *DB, orgID string, records map[string]time.Time
 	tb.Helper()
 	err := db.Update(context.Background(), func(tx *Tx) error {
 		for key, at := range records {
-			rec := IdempotencyRecord{Fingerprint: make([]byte, 32), Status: 201, Body: []byte(`{}`), CreatedAt: Time{at.UTC()}}
-			if err := tx.bolt.Bucket(bucketIdem).Put(idemKey(orgID, key), rec.encode()); err != nil {
+			// Backdate the unit's clock so the record and its time-index entry carry at.
+			tx.now = Time{at.UTC().Truncate(time.Millisecond)}
+			if err := tx.putIdempotency(orgID, &Idempotency{Key: key, Status: 201}, 201, []byte(`{}`)); err != nil {
 				return err
 			}
 		}
@@ -251,7 +252,7 @@ func idemExists(tb testing.TB, db *DB, orgID, key string) bool {
 }
 
 // PruneIdempotency removes exactly the records older than the TTL, in every org, including in a
-// store large enough that its scan has to resume from where the previous one stopped.
+// store large enough that it takes several delete units.
 func TestPruneIdempotency(t *testing.T) {
 	const ttl = time.Hour
 	db := openTestDB(t)
@@ -301,8 +302,8 @@ func TestPruneIdempotency(t *testing.T) {
 	}
 }
 
-// A key found expired by the pruner's scan but rewritten by a retry before the delete commits
-// must survive: the delete unit re-reads each record. The commit loop is held so that the scan
+// A key found expired by the pruner's look but rewritten by a retry before the delete commits
+// must survive: the delete unit works from the time index as its own transaction sees it. The commit loop is held so that the scan
 // happens before the rewrite and the delete after it.
 func TestPruneIdempotencyKeepsRewrittenKey(t *testing.T) {
 	db := openTestDB(t)

@@ -17,6 +17,10 @@ type Idempotency struct {
 	Key         string
 	Fingerprint [32]byte // BLAKE3 of method, path and body, computed by the caller
 	Status      int      // the status the caller answers a success with
+
+	// Stored is set by the write to the body it stored, so the caller answers with exactly the
+	// bytes a replay will return.
+	Stored []byte
 }
 
 // IdempotencyRecord is a stored outcome, replayed byte for byte.
@@ -75,9 +79,25 @@ func (tx *Tx) saveIdempotency(orgID string, idem *Idempotency, result any) error
 	return tx.putIdempotency(orgID, idem, idem.Status, body)
 }
 
+// putIdempotency stores the record and its entry in the time index (replacing the entry of an
+// expired record it overwrites), and hands the stored body back through idem.Stored.
 func (tx *Tx) putIdempotency(orgID string, idem *Idempotency, status int, body []byte) error {
-	rec := IdempotencyRecord{Fingerprint: idem.Fingerprint[:], Status: status, Body: body, CreatedAt: Now()}
-	return tx.bolt.Bucket(bucketIdem).Put(idemKey(orgID, idem.Key), rec.encode())
+	key := idemKey(orgID, idem.Key)
+	records, byTime := tx.bolt.Bucket(bucketIdem), tx.bolt.Bucket(bucketIdemTime)
+	if at, ok := idemCreatedAt(records.Get(key)); ok {
+		if err := byTime.Delete(join(u64(uint64(at.UnixMilli())), key)); err != nil {
+			return err
+		}
+	}
+	rec := IdempotencyRecord{Fingerprint: idem.Fingerprint[:], Status: status, Body: body, CreatedAt: tx.now}
+	if err := records.Put(key, rec.encode()); err != nil {
+		return err
+	}
+	if err := byTime.Put(join(u64(uint64(tx.now.UnixMilli())), key), nil); err != nil {
+		return err
+	}
+	idem.Stored = body
+	return nil
 }
 
 // SaveOutcome stores a finished request's outcome that had no effect to commit with it (a 4xx),
@@ -110,68 +130,46 @@ func (db *DB) LookupIdempotency(orgID, key string, ttl time.Duration) (*Idempote
 // Matches reports whether a request's fingerprint is the one the record was stored for.
 func (r *IdempotencyRecord) Matches(fp [32]byte) bool { return bytes.Equal(r.Fingerprint, fp[:]) }
 
-// PruneIdempotency deletes records older than ttl. It finds them in read transactions and deletes
-// them in small units, so that a large sweep never holds the commit loop for long.
+// PruneIdempotency deletes records older than ttl, oldest first along the time index, at most
+// pruneChunk per unit so a large sweep never holds the commit loop for long. It looks in a read
+// transaction first, so a sweep with nothing to do writes nothing.
 func (db *DB) PruneIdempotency(ctx context.Context, ttl time.Duration) (int, error) {
-	cutoff := time.Now().Add(-ttl)
+	cutoff := u64(uint64(time.Now().Add(-ttl).UnixMilli()))
+	expired := func(k []byte) bool { return k != nil && bytes.Compare(k[:8], cutoff) < 0 }
 	total := 0
-	var from []byte
 	for {
 		if err := ctx.Err(); err != nil {
 			return total, err
 		}
-		var expired [][]byte
-		var next []byte
-		err := db.bolt.View(func(btx *bolt.Tx) error {
-			c := btx.Bucket(bucketIdem).Cursor()
-			k, v := c.First()
-			if from != nil {
-				k, v = c.Seek(from)
-			}
-			scanned := 0
-			for ; k != nil; k, v = c.Next() {
-				if scanned == pruneChunk*4 {
-					next = append([]byte(nil), k...)
-					return nil
+		var due bool
+		db.bolt.View(func(btx *bolt.Tx) error {
+			k, _ := btx.Bucket(bucketIdemTime).Cursor().First()
+			due = expired(k)
+			return nil
+		})
+		if !due {
+			return total, nil
+		}
+		n := 0
+		err := db.Update(ctx, func(tx *Tx) error {
+			n = 0
+			records, byTime := tx.bolt.Bucket(bucketIdem), tx.bolt.Bucket(bucketIdemTime)
+			c := byTime.Cursor()
+			for k, _ := c.First(); expired(k) && n < pruneChunk; k, _ = c.First() {
+				if err := records.Delete(k[8:]); err != nil {
+					return err
 				}
-				scanned++
-				if at, ok := idemCreatedAt(v); !ok || at.Before(cutoff) {
-					expired = append(expired, append([]byte(nil), k...))
+				if err := c.Delete(); err != nil {
+					return err
 				}
+				n++
 			}
 			return nil
 		})
 		if err != nil {
 			return total, err
 		}
-		for len(expired) > 0 {
-			chunk := expired[:min(pruneChunk, len(expired))]
-			expired = expired[len(chunk):]
-			n := 0
-			err := db.Update(ctx, func(tx *Tx) error {
-				n = 0
-				b := tx.bolt.Bucket(bucketIdem)
-				for _, k := range chunk {
-					// Re-read: a retry may have rewritten the key since the scan.
-					// A record too short to hold its time is damaged: it goes too.
-					if at, ok := idemCreatedAt(b.Get(k)); !ok || at.Before(cutoff) {
-						if err := b.Delete(k); err != nil {
-							return err
-						}
-						n++
-					}
-				}
-				return nil
-			})
-			if err != nil {
-				return total, err
-			}
-			total += n
-		}
-		if next == nil {
-			return total, nil
-		}
-		from = next
+		total += n
 	}
 }
 

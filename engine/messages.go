@@ -81,7 +81,7 @@ func (db *DB) PostMessage(ctx context.Context, in NewMessage, idem *Idempotency)
 			return invalidForMessage(in.Author, rec.Status)
 		}
 		old := *rec
-		now := Now()
+		now := tx.now
 		rec.LastActivityAt = now
 		rec.Status = plan.NewState
 		// Every event of this unit carries the conversation as it is after the unit: encode once.
@@ -176,17 +176,29 @@ func splice(parts ...any) []byte {
 // RequestAgent is the visitor asking for a human: bot_active becomes agent_requested; in
 // agent_requested or open nothing changes; a finished conversation refuses.
 func (db *DB) RequestAgent(ctx context.Context, orgID, convID string, idem *Idempotency) (Conversation, error) {
+	// As with a PATCH, a refusal or a no-op without a key is answered from a read.
+	current, err := db.Conversation(orgID, convID)
+	if err != nil {
+		return Conversation{}, err
+	}
+	moves, err := requestAgentMoves(current.Status)
+	if err != nil || (!moves && idem == nil) {
+		return current, err
+	}
 	var out Conversation
-	err := db.Update(ctx, func(tx *Tx) error {
+	err = db.Update(ctx, func(tx *Tx) error {
 		rec, err := readConversation(tx.bolt, orgID, convID)
 		if err != nil {
 			return err
 		}
-		switch rec.Status {
-		case StatusBotActive:
+		moves, err := requestAgentMoves(rec.Status)
+		if err != nil {
+			return err
+		}
+		if moves {
 			old := *rec
 			rec.Status = StatusAgentRequested
-			rec.LastActivityAt = Now()
+			rec.LastActivityAt = tx.now
 			if err := tx.putConversation(rec, &old); err != nil {
 				return err
 			}
@@ -194,15 +206,24 @@ func (db *DB) RequestAgent(ctx context.Context, orgID, convID string, idem *Idem
 			if err := tx.appendEvent(orgID, convID, EventConversationUpdated, ConversationUpdatedData{Conversation: rec.Conversation, Changes: changes}); err != nil {
 				return err
 			}
-		case StatusAgentRequested, StatusOpen:
-		default:
-			return Errorf(CodeInvalidState, "conversation is %s: it can no longer request an agent", rec.Status).
-				WithDetails(map[string]any{"status": string(rec.Status)})
 		}
 		out = rec.Conversation
 		return tx.saveIdempotency(orgID, idem, out)
 	})
 	return out, err
+}
+
+// requestAgentMoves is the visitor's request-agent rule: whether status moves to agent_requested,
+// or invalid_state once the conversation is finished.
+func requestAgentMoves(status Status) (bool, error) {
+	switch status {
+	case StatusBotActive:
+		return true, nil
+	case StatusAgentRequested, StatusOpen:
+		return false, nil
+	}
+	return false, Errorf(CodeInvalidState, "conversation is %s: it can no longer request an agent", status).
+		WithDetails(map[string]any{"status": string(status)})
 }
 
 // ListMessages returns up to limit messages of a conversation with seq > after, oldest first, and
