@@ -244,12 +244,7 @@ func (s *server) listMessages(c *call) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	page := list[engine.Message]{Data: msgs}
-	if more {
-		next := strconv.FormatUint(msgs[len(msgs)-1].Seq, 10)
-		page.NextCursor = &next
-	}
-	return page, nil
+	return positionPage(msgs, more, func(m engine.Message) uint64 { return m.Seq }), nil
 }
 
 func (s *server) listEvents(c *call) (any, error) {
@@ -265,12 +260,18 @@ func (s *server) listEvents(c *call) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	page := list[engine.Event]{Data: events}
+	return positionPage(events, more, func(e engine.Event) uint64 { return e.Offset }), nil
+}
+
+// positionPage is a page of a list ordered by a position (seq, offset); its cursor is the last
+// item's position, which is also what ?after= takes.
+func positionPage[T any](items []T, more bool, position func(T) uint64) list[T] {
+	page := list[T]{Data: items}
 	if more {
-		next := strconv.FormatUint(events[len(events)-1].Offset, 10)
+		next := strconv.FormatUint(position(items[len(items)-1]), 10)
 		page.NextCursor = &next
 	}
-	return page, nil
+	return page
 }
 
 // decodeJSON decodes one JSON object; unknown fields are ignored. An empty body is an empty
