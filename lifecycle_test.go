@@ -20,6 +20,15 @@ import (
 	"github.com/awardee/awardee/engine"
 )
 
+// TestMain removes the binary that awardeeBinary built, if any.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if buildOnce.path != "" {
+		os.RemoveAll(filepath.Dir(buildOnce.path))
+	}
+	os.Exit(code)
+}
+
 // buildBinary compiles the real awardee binary once per test run.
 var buildOnce struct {
 	sync.Once
@@ -413,6 +422,7 @@ func listAllMessages(t *testing.T, client *http.Client, baseURL, key, convID str
 	t.Helper()
 	var all []engine.Message
 	cursor := ""
+	seen := map[string]bool{}
 	for {
 		req, _ := http.NewRequest("GET", baseURL+"/conversations/"+convID+"/messages?limit=100&cursor="+cursor, nil)
 		req.Header.Set("Authorization", "Bearer "+key)
@@ -433,6 +443,10 @@ func listAllMessages(t *testing.T, client *http.Client, baseURL, key, convID str
 		if page.NextCursor == nil {
 			return all
 		}
+		if seen[*page.NextCursor] {
+			t.Fatalf("next_cursor %q came back twice: paging would never end", *page.NextCursor)
+		}
+		seen[*page.NextCursor] = true
 		cursor = *page.NextCursor
 	}
 }
