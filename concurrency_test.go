@@ -27,8 +27,8 @@ func TestConcurrentPostsShareCommits(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := range each {
-				r := ts.do(t, "POST", "/conversations/"+convs[c%len(convs)]+"/messages", org.APIKey, fmt.Sprintf(`{"text":"c%d-%d"}`, c, i))
-				if r.Status != 201 {
+				r, err := ts.try("POST", "/conversations/"+convs[c%len(convs)]+"/messages", org.APIKey, fmt.Sprintf(`{"text":"c%d-%d"}`, c, i))
+				if err != nil || r.Status != 201 {
 					errs <- fmt.Sprintf("%d %s", r.Status, r.Body)
 				}
 			}
@@ -74,7 +74,8 @@ func TestParallelTakeoverWritesOneMarker(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			statuses <- ts.do(t, "POST", "/conversations/"+id+"/messages", org.APIKey, fmt.Sprintf(`{"text":"reply %d"}`, i)).Status
+			r, _ := ts.try("POST", "/conversations/"+id+"/messages", org.APIKey, fmt.Sprintf(`{"text":"reply %d"}`, i))
+			statuses <- r.Status
 		}()
 	}
 	wg.Wait()
@@ -125,22 +126,15 @@ func TestReplyToConversationResolvedMeanwhile(t *testing.T) {
 	id := ts.conversationIn(t, org.APIKey, engine.StatusAgentRequested)
 	eventsBefore := len(ts.events(t, org.APIKey))
 
-	holding, release := make(chan struct{}), make(chan struct{})
-	go ts.db.Update(t.Context(), func(*engine.Tx) error {
-		close(holding)
-		<-release
-		return nil
-	})
-	<-holding
-	patch, reply := make(chan resp, 1), make(chan resp, 1)
-	go func() { patch <- ts.do(t, "PATCH", "/conversations/"+id, org.APIKey, `{"status":"resolved"}`) }()
+	release := ts.holdCommitLoop(t)
+	patch := ts.goDo("PATCH", "/conversations/"+id, org.APIKey, `{"status":"resolved"}`)
 	waitFor(t, 10*time.Second, "the PATCH to queue", func() bool { return ts.db.Queued() == 1 })
-	go func() { reply <- ts.do(t, "POST", "/conversations/"+id+"/messages", org.APIKey, `{"text":"too late"}`) }()
+	reply := ts.goDo("POST", "/conversations/"+id+"/messages", org.APIKey, `{"text":"too late"}`)
 	waitFor(t, 10*time.Second, "the reply to queue behind it", func() bool { return ts.db.Queued() == 2 })
-	close(release)
+	release()
 
-	mustStatus(t, <-patch, 200)
-	r := mustStatus(t, <-reply, 400)
+	mustStatus(t, receive(t, "the PATCH", patch), 200)
+	r := mustStatus(t, receive(t, "the reply", reply), 400)
 	if r.ErrorCode() != engine.CodeInvalidState {
 		t.Fatalf("reply: %s", r.Body)
 	}

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -119,9 +120,19 @@ func (r resp) ErrorCode() string {
 }
 
 // do sends one request; body may be nil, a string or a value to encode as JSON. headers are
-// name, value pairs.
+// name, value pairs. A transport error fails the test, so call it from the test's goroutine only;
+// other goroutines use try.
 func (ts *testServer) do(t testing.TB, method, path, key string, body any, headers ...string) resp {
 	t.Helper()
+	r, err := ts.try(method, path, key, body, headers...)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	return r
+}
+
+// try is do that returns its error instead of failing the test.
+func (ts *testServer) try(method, path, key string, body any, headers ...string) (resp, error) {
 	var rd io.Reader
 	switch b := body.(type) {
 	case nil:
@@ -132,13 +143,13 @@ func (ts *testServer) do(t testing.TB, method, path, key string, body any, heade
 	default:
 		raw, err := json.Marshal(b)
 		if err != nil {
-			t.Fatal(err)
+			return resp{}, err
 		}
 		rd = bytes.NewReader(raw)
 	}
 	req, err := http.NewRequest(method, ts.URL+path, rd)
 	if err != nil {
-		t.Fatal(err)
+		return resp{}, err
 	}
 	if key != "" {
 		req.Header.Set("Authorization", "Bearer "+key)
@@ -151,14 +162,64 @@ func (ts *testServer) do(t testing.TB, method, path, key string, body any, heade
 	}
 	res, err := ts.client.Do(req)
 	if err != nil {
-		t.Fatalf("%s %s: %v", method, path, err)
+		return resp{}, err
 	}
 	defer res.Body.Close()
 	raw, err := io.ReadAll(res.Body)
 	if err != nil {
-		t.Fatal(err)
+		return resp{}, err
 	}
-	return resp{Status: res.StatusCode, Header: res.Header, Body: raw}
+	return resp{Status: res.StatusCode, Header: res.Header, Body: raw}, nil
+}
+
+// goDo sends a request from another goroutine; the outcome arrives on the channel (a transport
+// error as status 0 with the error in the body).
+func (ts *testServer) goDo(method, path, key string, body any, headers ...string) <-chan resp {
+	out := make(chan resp, 1)
+	go func() {
+		r, err := ts.try(method, path, key, body, headers...)
+		if err != nil {
+			r = resp{Body: []byte(err.Error())}
+		}
+		out <- r
+	}()
+	return out
+}
+
+// holdCommitLoop parks the commit loop inside a unit until the returned release is called (or
+// the test ends, so a failing test cannot hang in Close), letting a test queue units behind it.
+func (ts *testServer) holdCommitLoop(t testing.TB) (release func()) {
+	t.Helper()
+	holding, unblock := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	release = func() { once.Do(func() { close(unblock) }) }
+	t.Cleanup(release)
+	go ts.db.Update(context.Background(), func(*engine.Tx) error {
+		close(holding)
+		<-unblock
+		return nil
+	})
+	select {
+	case <-holding:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the commit loop did not pick up the holding unit")
+	}
+	return release
+}
+
+// receive waits for one response with a deadline.
+func receive(t testing.TB, what string, ch <-chan resp) resp {
+	t.Helper()
+	select {
+	case r := <-ch:
+		if r.Status == 0 {
+			t.Fatalf("%s: %s", what, r.Body)
+		}
+		return r
+	case <-time.After(30 * time.Second):
+		t.Fatalf("timed out waiting for %s", what)
+		return resp{}
+	}
 }
 
 // mustStatus fails the test unless r has the wanted status.

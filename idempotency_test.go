@@ -122,15 +122,8 @@ func TestIdempotencyKeyInUse(t *testing.T) {
 	id := ts.conversationIn(t, org.APIKey, engine.StatusOpen)
 	path := "/conversations/" + id + "/messages"
 
-	holding, release := make(chan struct{}), make(chan struct{})
-	go ts.db.Update(t.Context(), func(*engine.Tx) error {
-		close(holding)
-		<-release
-		return nil
-	})
-	<-holding
-	firstDone := make(chan resp, 1)
-	go func() { firstDone <- ts.do(t, "POST", path, org.APIKey, `{"text":"slow"}`, "Idempotency-Key", "busy") }()
+	release := ts.holdCommitLoop(t)
+	firstDone := ts.goDo("POST", path, org.APIKey, `{"text":"slow"}`, "Idempotency-Key", "busy")
 	waitFor(t, 10*time.Second, "the first request to hold its key", func() bool {
 		ts.inflight.mu.Lock()
 		defer ts.inflight.mu.Unlock()
@@ -141,8 +134,8 @@ func TestIdempotencyKeyInUse(t *testing.T) {
 	if second.ErrorCode() != engine.CodeIdempotencyInUse {
 		t.Fatalf("second: %s", second.Body)
 	}
-	close(release)
-	first := mustStatus(t, <-firstDone, 201)
+	release()
+	first := mustStatus(t, receive(t, "the first request", firstDone), 201)
 	third := mustStatus(t, ts.do(t, "POST", path, org.APIKey, `{"text":"slow"}`, "Idempotency-Key", "busy"), 201)
 	if !bytes.Equal(first.Body, third.Body) {
 		t.Fatal("the 409 was stored: the retry after the first finished did not replay it")
@@ -227,9 +220,10 @@ func TestKillNineBetweenRetriesNeverDuplicates(t *testing.T) {
 		key := fmt.Sprintf("kill-%d", round)
 		text := fmt.Sprintf(`{"text":"round %d"}`, round)
 		sent := make(chan struct{})
+		url := p.URL + "/conversations/" + convID + "/messages"
 		go func() {
 			close(sent)
-			keyedPost(client, p.URL+"/conversations/"+convID+"/messages", org.APIKey, key, text)
+			keyedPost(client, url, org.APIKey, key, text)
 		}()
 		<-sent
 		// Vary the moment of the kill across rounds: before, during and after the commit.

@@ -155,6 +155,7 @@ func stopUnderLoad(t *testing.T, sig syscall.Signal) *process {
 	const posters, maxPerPoster = 16, 400
 	var mu sync.Mutex
 	acked := map[string]bool{}
+	refused := map[int]int{} // statuses other than 201
 	enough := make(chan struct{})
 	var once sync.Once
 	var wg sync.WaitGroup
@@ -168,6 +169,9 @@ func stopUnderLoad(t *testing.T, sig syscall.Signal) *process {
 					return // the server is gone
 				}
 				if status != 201 {
+					mu.Lock()
+					refused[status]++
+					mu.Unlock()
 					continue
 				}
 				var msg engine.Message
@@ -196,8 +200,16 @@ func stopUnderLoad(t *testing.T, sig syscall.Signal) *process {
 		t.Fatalf("the server did not exit within 30 s of %v", sig)
 	}
 	wg.Wait()
-	if sig == syscall.SIGTERM && exitErr != nil {
-		t.Fatalf("exit after SIGTERM: %v\n%s", exitErr, p.stderr)
+	if sig == syscall.SIGTERM {
+		if exitErr != nil {
+			t.Fatalf("exit after SIGTERM: %v\n%s", exitErr, p.stderr)
+		}
+		// A drain finishes what it accepted: no request may be answered 503 "shutting down".
+		mu.Lock()
+		if len(refused) > 0 {
+			t.Errorf("requests refused during the drain: %v", refused)
+		}
+		mu.Unlock()
 	}
 
 	p2 := startProcess(t, dir)
@@ -247,6 +259,8 @@ func TestSecondStartKeepsTheDefaultOrg(t *testing.T) {
 		t.Fatalf("exit after SIGTERM: %v", err)
 	}
 	p2 := startProcess(t, dir)
+	p2.cmd.Process.Signal(syscall.SIGTERM)
+	<-p2.exited // stdout is complete once the process is gone
 	if strings.Contains(p2.stdout.String(), "API key") {
 		t.Fatal("a second start on the same data directory created the default org again")
 	}
@@ -429,6 +443,10 @@ func listAllMessages(t *testing.T, client *http.Client, baseURL, key, convID str
 		res, err := client.Do(req)
 		if err != nil {
 			t.Fatal(err)
+		}
+		if res.StatusCode != 200 {
+			res.Body.Close()
+			t.Fatalf("listing messages: status %d", res.StatusCode)
 		}
 		var page struct {
 			Data       []engine.Message `json:"data"`

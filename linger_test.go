@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"net/http"
 	"testing"
+	"time"
 )
 
 // TestOversizedBodyGets413NotReset sends bodies over the limit the way ordinary clients do, all
@@ -12,8 +13,9 @@ import (
 func TestOversizedBodyGets413NotReset(t *testing.T) {
 	ts := newTestServer(t)
 	body := bytes.Repeat([]byte("a"), 2<<20)
+	client := &http.Client{Timeout: 30 * time.Second}
 	for i := range 20 {
-		res, err := http.Post(ts.URL+"/conversations", "application/json", bytes.NewReader(body))
+		res, err := client.Post(ts.URL+"/conversations", "application/json", bytes.NewReader(body))
 		if err != nil {
 			t.Fatalf("attempt %d: %v", i, err)
 		}

@@ -78,8 +78,9 @@ func TestRateWindowIsSharedByAnOrgsKeys(t *testing.T) {
 	mustStatus(t, ts.do(t, "GET", "/conversations", second.APIKey, nil), 200)
 	mustStatus(t, ts.do(t, "GET", "/conversations", org.APIKey, nil), 429)
 	r := mustStatus(t, ts.do(t, "GET", "/conversations", second.APIKey, nil), 429)
-	if retry, _ := strconv.Atoi(r.Header.Get("Retry-After")); retry != 2 {
-		t.Fatalf("Retry-After %s, want 2 (one token every 2 s)", r.Header.Get("Retry-After"))
+	// One token every 2 s: 2, or 1 if the requests above took over a second.
+	if retry, _ := strconv.Atoi(r.Header.Get("Retry-After")); retry < 1 || retry > 2 {
+		t.Fatalf("Retry-After %s, want 1 or 2", r.Header.Get("Retry-After"))
 	}
 }
 
@@ -129,10 +130,11 @@ func TestRateHeadersOnEveryAuthenticatedResponse(t *testing.T) {
 func TestIdleBucketsAreDropped(t *testing.T) {
 	ts := newTestServer(t)
 	orgs := []testOrg{ts.newOrg(t, 100, 10), ts.newOrg(t, 100, 10)}
+	spent := time.Now() // before the requests: later, slow requests could have refilled the buckets
 	for _, org := range orgs {
 		mustStatus(t, ts.do(t, "GET", "/conversations", org.APIKey, nil), 200)
 	}
-	if n := ts.limits.dropFull(time.Now()); n != 0 {
+	if n := ts.limits.dropFull(spent); n != 0 {
 		t.Fatalf("dropped %d buckets that were just spent", n)
 	}
 	if n := ts.limits.dropFull(time.Now().Add(time.Second)); n != len(orgs) {

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -32,5 +33,34 @@ func TestIdempotencyTimeIndexFollowsRewrites(t *testing.T) {
 	}
 	if n, err := db.PruneIdempotency(context.Background(), 24*time.Hour); err != nil || n != 0 {
 		t.Fatalf("pruned %d (%v): the rewritten record is fresh", n, err)
+	}
+}
+
+// The record of a 2xx is committed by the same transaction as the message: when the message's
+// events are published (after that transaction's fsync, before any later one), the record is
+// already readable. A record written in a transaction of its own would not be.
+func TestIdempotencyRecordCommitsWithTheMessage(t *testing.T) {
+	db := openTestDB(t)
+	org := newTestOrg(t, db)
+	conv, err := db.CreateConversation(context.Background(), org.OrgID, NewConversation{Status: StatusOpen}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := make(chan bool, 1)
+	db.Subscribe(func(events []Event) {
+		rec, err := db.LookupIdempotency(org.OrgID, "same-tx", time.Hour)
+		found <- err == nil && rec != nil
+	})
+	idem := &Idempotency{Key: "same-tx", Status: 201}
+	msg, err := db.PostMessage(context.Background(), NewMessage{OrgID: org.OrgID, ConversationID: conv.Conversation.ID, Author: AuthorAgent, Text: "hi"}, idem)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !<-found {
+		t.Fatal("the message's events were published before its idempotency record was readable")
+	}
+	rec, err := db.LookupIdempotency(org.OrgID, "same-tx", time.Hour)
+	if err != nil || rec == nil || !strings.Contains(string(rec.Body), msg.ID) || string(rec.Body) != string(idem.Stored) {
+		t.Fatalf("stored record %+v (%v) does not hold the message %s", rec, err, msg.ID)
 	}
 }
