@@ -157,3 +157,16 @@ func TestRateLimitResetAndVisitorBuckets(t *testing.T) {
 		t.Fatalf("visitor B: %q r=%d, want its own full bucket less one", name, remaining)
 	}
 }
+
+// TestWritesAfterTheDatabaseClosesAre503: once shutdown has closed the commit loop, a write is
+// answered 503 unavailable in the envelope, never a hang or a 500.
+func TestWritesAfterTheDatabaseClosesAre503(t *testing.T) {
+	ts := newTestServer(t)
+	org := ts.newOrg(t, 0, 0)
+	id := ts.conversationIn(t, org.APIKey, engine.StatusOpen)
+	ts.db.Close()
+	r := ts.do(t, "POST", "/conversations/"+id+"/messages", org.APIKey, `{"text":"late"}`)
+	if r.Status != 503 || r.ErrorCode() != engine.CodeUnavailable {
+		t.Fatalf("%d %s", r.Status, r.Body)
+	}
+}

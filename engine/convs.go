@@ -112,7 +112,7 @@ func (db *DB) CreateConversation(ctx context.Context, orgID string, in NewConver
 // Conversation returns one conversation of orgID; another org's conversation is not found.
 func (db *DB) Conversation(orgID, convID string) (Conversation, error) {
 	var rec *conversationRecord
-	err := db.bolt.View(func(btx *bolt.Tx) error {
+	err := db.view(func(btx *bolt.Tx) error {
 		var err error
 		rec, err = readConversation(btx, orgID, convID)
 		return err
@@ -227,7 +227,7 @@ func (db *DB) ListConversations(orgID string, status Status, cursor []byte, limi
 	}
 	var out []Conversation
 	var next []byte
-	err := db.bolt.View(func(btx *bolt.Tx) error {
+	err := db.view(func(btx *bolt.Tx) error {
 		c := btx.Bucket(bucketActivity).Cursor()
 		var k []byte
 		if cursor == nil {
@@ -357,7 +357,7 @@ func (tx *Tx) addCount(s Status, delta int64) error {
 // CountByStatus returns how many conversations, across all orgs, are in each status.
 func (db *DB) CountByStatus() (map[Status]uint64, error) {
 	out := make(map[Status]uint64, len(Statuses))
-	err := db.bolt.View(func(btx *bolt.Tx) error {
+	err := db.view(func(btx *bolt.Tx) error {
 		b := btx.Bucket(bucketMeta)
 		for _, s := range Statuses {
 			if v := b.Get(countKey(s)); len(v) == 8 {

@@ -165,7 +165,7 @@ func (db *DB) OnAppend(fn func(*Tx, Event) error) {
 // Backup writes a consistent copy of the whole database to w from one read transaction.
 func (db *DB) Backup(w io.Writer) (int64, error) {
 	var n int64
-	err := db.bolt.View(func(tx *bolt.Tx) error {
+	err := db.view(func(tx *bolt.Tx) error {
 		var err error
 		n, err = tx.WriteTo(w)
 		return err
@@ -217,3 +217,13 @@ func join(parts ...[]byte) []byte {
 }
 
 func hashSecret(secret string) [32]byte { return blake3.Sum256([]byte(secret)) }
+
+// view runs a read transaction. A database already closed by shutdown answers unavailable, like
+// a write would, rather than an internal error.
+func (db *DB) view(fn func(*bolt.Tx) error) error {
+	err := db.bolt.View(fn)
+	if errors.Is(err, bolterrors.ErrDatabaseNotOpen) {
+		return errShuttingDown
+	}
+	return err
+}

@@ -91,7 +91,7 @@ func (db *DB) ListEvents(orgID string, after uint64, limit int) ([]Event, bool, 
 	if after == math.MaxUint64 {
 		return out, false, nil
 	}
-	err := db.bolt.View(func(btx *bolt.Tx) error {
+	err := db.view(func(btx *bolt.Tx) error {
 		log := btx.Bucket(bucketEvents).Bucket([]byte(orgID))
 		if log == nil {
 			return nil
@@ -117,7 +117,7 @@ func (db *DB) ListEvents(orgID string, after uint64, limit int) ([]Event, bool, 
 // event, n being the last offset ever given). A consumer resuming after an offset older than
 // oldest-1 has missed pruned events.
 func (db *DB) LogBounds(orgID string) (oldest, latest uint64, err error) {
-	err = db.bolt.View(func(btx *bolt.Tx) error {
+	err = db.view(func(btx *bolt.Tx) error {
 		log := btx.Bucket(bucketEvents).Bucket([]byte(orgID))
 		if log == nil {
 			return nil
@@ -194,7 +194,7 @@ func (db *DB) PruneEvents(ctx context.Context, cutoff time.Time) (int, error) {
 // oldestEventBefore reports whether orgID's oldest kept event was created before cutoff.
 func (db *DB) oldestEventBefore(orgID string, cutoff time.Time) (bool, error) {
 	var due bool
-	err := db.bolt.View(func(btx *bolt.Tx) error {
+	err := db.view(func(btx *bolt.Tx) error {
 		log := btx.Bucket(bucketEvents).Bucket([]byte(orgID))
 		if log == nil {
 			return nil

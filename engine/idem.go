@@ -110,7 +110,7 @@ func (db *DB) SaveOutcome(ctx context.Context, orgID string, idem *Idempotency, 
 // is older than ttl (an expired key runs afresh, and its record is overwritten).
 func (db *DB) LookupIdempotency(orgID, key string, ttl time.Duration) (*IdempotencyRecord, error) {
 	var rec *IdempotencyRecord
-	err := db.bolt.View(func(btx *bolt.Tx) error {
+	err := db.view(func(btx *bolt.Tx) error {
 		raw := btx.Bucket(bucketIdem).Get(idemKey(orgID, key))
 		if raw == nil {
 			return nil
@@ -142,7 +142,7 @@ func (db *DB) PruneIdempotency(ctx context.Context, ttl time.Duration) (int, err
 			return total, err
 		}
 		var due bool
-		db.bolt.View(func(btx *bolt.Tx) error {
+		db.view(func(btx *bolt.Tx) error {
 			k, _ := btx.Bucket(bucketIdemTime).Cursor().First()
 			due = expired(k)
 			return nil

@@ -237,7 +237,7 @@ func (db *DB) ListMessages(orgID, convID string, after uint64, limit int) ([]Mes
 	if after == math.MaxUint64 {
 		return out, false, nil
 	}
-	err := db.bolt.View(func(btx *bolt.Tx) error {
+	err := db.view(func(btx *bolt.Tx) error {
 		if _, err := readConversation(btx, orgID, convID); err != nil {
 			return err
 		}

@@ -129,7 +129,7 @@ func (db *DB) CreateAPIKey(ctx context.Context, orgID, name string) (CreatedKey,
 // Org returns one org.
 func (db *DB) Org(orgID string) (Org, error) {
 	var org Org
-	err := db.bolt.View(func(tx *bolt.Tx) error {
+	err := db.view(func(tx *bolt.Tx) error {
 		found, err := getJSON(tx.Bucket(bucketOrgs), []byte(orgID), &org)
 		if err == nil && !found {
 			err = notFound("org")
@@ -142,7 +142,7 @@ func (db *DB) Org(orgID string) (Org, error) {
 // Orgs returns every org, oldest first.
 func (db *DB) Orgs() ([]Org, error) {
 	var orgs []Org
-	err := db.bolt.View(func(tx *bolt.Tx) error {
+	err := db.view(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketOrgs).ForEach(func(_, v []byte) error {
 			var o Org
 			if err := json.Unmarshal(v, &o); err != nil {
@@ -191,7 +191,7 @@ func (db *DB) Authenticate(secret string) (Principal, error) {
 	}
 	var p Principal
 	var found bool
-	err := db.bolt.View(func(tx *bolt.Tx) error {
+	err := db.view(func(tx *bolt.Tx) error {
 		var err error
 		found, err = getJSON(tx.Bucket(bucketKeys), h[:], &p)
 		return err
