@@ -14,6 +14,13 @@ func TestTakeoverPostsMarkerThenReply(t *testing.T) {
 	if got := r.JSON(t)["text"]; got != "hi there" {
 		t.Fatalf("text %q, want trimmed", got)
 	}
+	who, err := ts.db.Authenticate(org.APIKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if meta := r.JSON(t)["metadata"].(map[string]any); meta["source"] != "api" || meta["api_key_id"] != who.KeyID {
+		t.Fatalf("metadata %v, want source api and the posting key %s", meta, who.KeyID)
+	}
 	msgs := ts.messages(t, org.APIKey, id)
 	if len(msgs) != 2 || msgs[0].Role != engine.RoleSystem || msgs[0].Text != engine.AgentJoinedText || msgs[1].Seq != 2 {
 		t.Fatalf("messages %+v", msgs)
