@@ -76,30 +76,29 @@ func decodeConversation(t testing.TB, r resp) engine.Conversation {
 	return c
 }
 
-// convUpdate decodes a conversation.updated event's data.
-func convUpdate(t testing.TB, ev engine.Event) engine.ConversationUpdatedData {
+// eventData decodes the data of an event that must be of type typ.
+func eventData[T any](t testing.TB, ev engine.Event, typ string) T {
 	t.Helper()
-	if ev.Type != engine.EventConversationUpdated {
-		t.Fatalf("event %d is %s, want %s", ev.Offset, ev.Type, engine.EventConversationUpdated)
+	if ev.Type != typ {
+		t.Fatalf("event %d is %s, want %s", ev.Offset, ev.Type, typ)
 	}
-	var d engine.ConversationUpdatedData
+	var d T
 	if err := json.Unmarshal(ev.Data, &d); err != nil {
 		t.Fatal(err)
 	}
 	return d
 }
 
+// convUpdate decodes a conversation.updated event's data.
+func convUpdate(t testing.TB, ev engine.Event) engine.ConversationUpdatedData {
+	t.Helper()
+	return eventData[engine.ConversationUpdatedData](t, ev, engine.EventConversationUpdated)
+}
+
 // msgCreated decodes a message.created event's data.
 func msgCreated(t testing.TB, ev engine.Event) engine.MessageCreatedData {
 	t.Helper()
-	if ev.Type != engine.EventMessageCreated {
-		t.Fatalf("event %d is %s, want %s", ev.Offset, ev.Type, engine.EventMessageCreated)
-	}
-	var d engine.MessageCreatedData
-	if err := json.Unmarshal(ev.Data, &d); err != nil {
-		t.Fatal(err)
-	}
-	return d
+	return eventData[engine.MessageCreatedData](t, ev, engine.EventMessageCreated)
 }
 
 // mustStatusChange checks that ev is a conversation.updated of conversation id from → to.

@@ -17,6 +17,17 @@ type list[T any] struct {
 }
 
 func (s *server) createConversation(c *call) (any, error) {
+	return s.openConversation(c, true)
+}
+
+// widgetCreateConversation opens in the org's initial status: a visitor does not choose it.
+func (s *server) widgetCreateConversation(c *call) (any, error) {
+	return s.openConversation(c, false)
+}
+
+// openConversation decodes {"status"?, "visitor"?}; status is read only when the caller may
+// choose it.
+func (s *server) openConversation(c *call, statusAllowed bool) (any, error) {
 	var body struct {
 		Status  *string         `json:"status"`
 		Visitor *engine.Visitor `json:"visitor"`
@@ -25,27 +36,13 @@ func (s *server) createConversation(c *call) (any, error) {
 		return nil, err
 	}
 	in := engine.NewConversation{}
-	if body.Status != nil {
+	if statusAllowed && body.Status != nil {
 		in.Status = engine.Status(*body.Status)
 		if in.Status == "" {
 			return nil, engine.Errorf(engine.CodeValidation, "status must be bot_active, agent_requested or open").
 				WithDetails(map[string]any{"field": "status"})
 		}
 	}
-	if body.Visitor != nil {
-		in.Visitor = *body.Visitor
-	}
-	return s.db.CreateConversation(c.bg(), c.orgID(), in, c.idem)
-}
-
-func (s *server) widgetCreateConversation(c *call) (any, error) {
-	var body struct {
-		Visitor *engine.Visitor `json:"visitor"`
-	}
-	if err := decodeJSON(c.ctx.PostBody(), &body, true); err != nil {
-		return nil, err
-	}
-	in := engine.NewConversation{}
 	if body.Visitor != nil {
 		in.Visitor = *body.Visitor
 	}

@@ -160,8 +160,15 @@ func (s *server) routes() fasthttp.RequestHandler {
 	r.HandleOPTIONS = false
 	r.SaveMatchedRoutePath = false
 
+	preflighted := map[string]bool{}
 	api := func(method, path string, need keyNeed, okStatus int, h handler) {
 		r.Handle(method, path, s.route(path, need, okStatus, h))
+		// Browsers call the visitor side from other origins: each of its paths answers CORS
+		// preflights.
+		if need != needAPIKey && !preflighted[path] {
+			preflighted[path] = true
+			r.OPTIONS(path, s.preflight)
+		}
 	}
 	api("POST", "/conversations", needAPIKey, 201, s.createConversation)
 	api("GET", "/conversations", needAPIKey, 200, s.listConversations)
@@ -177,9 +184,6 @@ func (s *server) routes() fasthttp.RequestHandler {
 	api("GET", "/widget/conversations/{id}/messages", needVisitor, 200, s.listMessages)
 	api("POST", "/widget/conversations/{id}/messages", needVisitor, 201, s.postVisitorMessage)
 	api("POST", "/widget/conversations/{id}/request-agent", needVisitor, 200, s.requestAgent)
-	for _, path := range []string{"/widget/conversations", "/widget/conversations/{id}", "/widget/conversations/{id}/messages", "/widget/conversations/{id}/request-agent"} {
-		r.OPTIONS(path, s.preflight)
-	}
 
 	r.GET("/healthz", s.healthz)
 	r.GET("/metrics", s.metrics.handler())
