@@ -105,7 +105,7 @@ func (db *DB) PostMessage(ctx context.Context, in NewMessage, idem *Idempotency)
 				ID: markerID, Role: RoleSystem, Text: AgentJoinedText, Attachments: []Attachment{},
 				Metadata: MessageMetadata{Source: "system", Event: "agent_joined"},
 			}
-			if _, err := tx.appendMessage(rec, convJSON, marker, now); err != nil {
+			if _, _, err := tx.appendMessage(rec, convJSON, marker, now); err != nil {
 				return err
 			}
 		}
@@ -118,36 +118,42 @@ func (db *DB) PostMessage(ctx context.Context, in NewMessage, idem *Idempotency)
 		default:
 			msg.Role, msg.Metadata = RoleUser, MessageMetadata{Source: "widget"}
 		}
-		if out, err = tx.appendMessage(rec, convJSON, msg, now); err != nil {
+		var msgJSON []byte
+		if out, msgJSON, err = tx.appendMessage(rec, convJSON, msg, now); err != nil {
 			return err
 		}
 		if err := tx.putConversationJSON(rec, &old, convJSON); err != nil {
 			return err
 		}
-		return tx.saveIdempotency(in.OrgID, idem, out)
+		if idem == nil {
+			return nil
+		}
+		// The reply is the stored message: its encoding is already at hand, on the commit loop.
+		return tx.putIdempotency(in.OrgID, idem, idem.Status, msgJSON)
 	})
 	return out, err
 }
 
 // appendMessage gives msg the conversation's next seq and stores it with its event, whose data
-// splices the message and convJSON (the conversation's encoding after the unit). rec is updated
-// in memory; the caller stores it once all of the unit's messages are appended.
-func (tx *Tx) appendMessage(rec *conversationRecord, convJSON []byte, msg Message, now Time) (Message, error) {
+// splices the message and convJSON (the conversation's encoding after the unit), and returns the
+// stored message with its encoding. rec is updated in memory; the caller stores it once all of
+// the unit's messages are appended.
+func (tx *Tx) appendMessage(rec *conversationRecord, convJSON []byte, msg Message, now Time) (Message, []byte, error) {
 	rec.LastSeq++
 	msg.Seq = rec.LastSeq
 	msg.ConversationID = rec.ID
 	msg.CreatedAt = now
 	msgJSON, err := json.Marshal(msg)
 	if err != nil {
-		return Message{}, err
+		return Message{}, nil, err
 	}
 	msgs := tx.bolt.Bucket(bucketMsgs)
 	msgs.FillPercent = appendFill
 	if err := msgs.Put(join([]byte(rec.ID), u64(msg.Seq)), msgJSON); err != nil {
-		return Message{}, err
+		return Message{}, nil, err
 	}
 	data := splice(`{"message":`, msgJSON, `,"conversation":`, convJSON, `}`)
-	return msg, tx.appendEventJSON(rec.OrgID, rec.ID, EventMessageCreated, data)
+	return msg, msgJSON, tx.appendEventJSON(rec.OrgID, rec.ID, EventMessageCreated, data)
 }
 
 // splice concatenates JSON fragments, given as strings or byte slices.
