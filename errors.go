@@ -36,15 +36,17 @@ type errorFields struct {
 	Details map[string]any `json:"details,omitempty"`
 }
 
-// renderError turns any error into its status and the contract's envelope. Errors that are not
-// an *engine.Error are faults: logged in full with the request id, shown only as "Internal error."
+// renderError turns any error into its status and the contract's envelope. Only an
+// *engine.Error's code, message and details reach the client; its cause (an OS error, a path, a
+// stack) goes to the log with the request id. Any other error is a fault: logged in full, shown
+// only as "Internal error."
 func renderError(err error, log *slog.Logger, requestID string) (int, []byte) {
 	var e *engine.Error
 	if !errors.As(err, &e) {
 		log.Error("internal error", "request_id", requestID, "err", err)
 		e = &engine.Error{Code: engine.CodeInternal, Message: "Internal error."}
-	} else if e.Code == engine.CodeUnavailable {
-		log.Warn("unavailable", "request_id", requestID, "err", err)
+	} else if e.Cause != nil || e.Code == engine.CodeInternal || e.Code == engine.CodeUnavailable {
+		log.Error(e.Message, "request_id", requestID, "code", e.Code, "cause", e.Cause)
 	}
 	status, ok := statusOf[e.Code]
 	if !ok {

@@ -46,7 +46,7 @@ func (s *server) openConversation(c *call, statusAllowed bool) (any, error) {
 	if body.Visitor != nil {
 		in.Visitor = *body.Visitor
 	}
-	return s.db.CreateConversation(c.bg(), c.orgID(), in, c.idem)
+	return s.db.CreateConversation(c.engineCtx, c.orgID(), in, c.idem)
 }
 
 // conversationID is the path's conversation, which a visitor token may only name as its own;
@@ -118,7 +118,7 @@ func (s *server) patchConversation(c *call) (any, error) {
 			return nil, fieldTypeError("assignee", "a string or null")
 		}
 	}
-	return s.db.UpdateConversation(c.bg(), c.orgID(), id, patch, c.idem)
+	return s.db.UpdateConversation(c.engineCtx, c.orgID(), id, patch, c.idem)
 }
 
 // messageBody is section 6's request body.
@@ -183,11 +183,11 @@ func (s *server) postMessage(c *call, author engine.Author) (any, error) {
 	if err := engine.CheckMessage(author, conv.Status); err != nil {
 		return nil, err
 	}
-	attachments, err := s.attach.Attach(c.bg(), c.orgID(), urls)
+	attachments, err := s.attach.Attach(c.engineCtx, c.orgID(), urls)
 	if err != nil {
 		return nil, err
 	}
-	msg, err := s.db.PostMessage(c.bg(), engine.NewMessage{
+	msg, err := s.db.PostMessage(c.engineCtx, engine.NewMessage{
 		OrgID: c.orgID(), ConversationID: id, Author: author, APIKeyID: c.who.KeyID,
 		Text: text, Attachments: attachments,
 	}, c.idem)
@@ -202,7 +202,7 @@ func (s *server) requestAgent(c *call) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	return s.db.RequestAgent(c.bg(), c.orgID(), id, c.idem)
+	return s.db.RequestAgent(c.engineCtx, c.orgID(), id, c.idem)
 }
 
 // afterParam reads a "resume after this position" parameter: ?after=N, or the opaque cursor of a

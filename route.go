@@ -15,30 +15,22 @@ import (
 	"github.com/zeebo/blake3"
 )
 
-// keyNeed is which kind of bearer secret a route takes.
-type keyNeed int
-
-const (
-	needAPIKey keyNeed = iota
-	needWidgetKey
-	needVisitor
-)
-
 // call is one authenticated request as a handler sees it.
 type call struct {
 	ctx  *fasthttp.RequestCtx
 	who  engine.Principal
 	idem *engine.Idempotency // nil unless the request carries an Idempotency-Key
+
+	// engineCtx is the context of the engine calls a handler makes: the request's, without its
+	// cancellation, which fasthttp fires at shutdown, when a draining server must still finish
+	// the requests it accepted.
+	engineCtx context.Context
 }
 
 func (c *call) param(name string) string {
 	v, _ := c.ctx.UserValue(name).(string)
 	return v
 }
-
-// bg is the context of the engine calls a handler makes. Not the request's own: fasthttp cancels
-// that at shutdown, and a draining server must still finish the requests it accepted.
-func (c *call) bg() context.Context { return context.Background() }
 
 // orgID is the org every lookup of this call is scoped to.
 func (c *call) orgID() string { return c.who.OrgID }
@@ -49,7 +41,7 @@ type handler func(c *call) (any, error)
 
 // route wraps h in the steps every API request takes, in the contract's order: request id, auth,
 // rate limit, idempotency (for POST and PATCH), then h; and metrics around all of it.
-func (s *server) route(name string, need keyNeed, okStatus int, h handler) fasthttp.RequestHandler {
+func (s *server) route(name string, need engine.KeyKind, okStatus int, h handler) fasthttp.RequestHandler {
 	return func(ctx *fasthttp.RequestCtx) {
 		start := time.Now()
 		s.serveRoute(ctx, need, okStatus, h)
@@ -57,9 +49,12 @@ func (s *server) route(name string, need keyNeed, okStatus int, h handler) fasth
 	}
 }
 
-func (s *server) serveRoute(ctx *fasthttp.RequestCtx, need keyNeed, okStatus int, h handler) {
+func (s *server) serveRoute(ctx *fasthttp.RequestCtx, need engine.KeyKind, okStatus int, h handler) {
 	setRequestID(ctx)
-	if need != needAPIKey {
+	// API answers are per caller and some carry secrets (a visitor token, a replay of one): no
+	// cache may keep any of them.
+	ctx.Response.Header.Set("Cache-Control", "no-store")
+	if need != engine.KeyAPI {
 		setCORS(ctx)
 	}
 	who, err := s.authenticate(ctx)
@@ -77,7 +72,7 @@ func (s *server) serveRoute(ctx *fasthttp.RequestCtx, need keyNeed, okStatus int
 		s.writeError(ctx, err)
 		return
 	}
-	c := &call{ctx: ctx, who: who}
+	c := &call{ctx: ctx, who: who, engineCtx: context.WithoutCancel(ctx)}
 	if !ctx.IsPost() && !ctx.IsPatch() {
 		s.finish(c, okStatus, h)
 		return
@@ -195,12 +190,15 @@ func validIdempotencyKey(k []byte) bool {
 }
 
 // fingerprint is BLAKE3 over method, path and the BLAKE3 of the body bytes, as section 7 defines.
+// The path is the one the router matched, as sent: fasthttp's decoded Path would give
+// /conversations/conv_%30… the fingerprint of the real conversation's path while the router
+// answered it as another (missing) one.
 func fingerprint(ctx *fasthttp.RequestCtx) [32]byte {
 	bodyHash := blake3.Sum256(ctx.PostBody())
 	h := blake3.New()
 	h.Write(ctx.Method())
 	h.Write([]byte{0})
-	h.Write(ctx.Path())
+	h.Write(ctx.Request.URI().PathOriginal())
 	h.Write([]byte{0})
 	h.Write(bodyHash[:])
 	var out [32]byte
@@ -219,16 +217,7 @@ func (s *server) authenticate(ctx *fasthttp.RequestCtx) (engine.Principal, error
 }
 
 // checkKind refuses a known key of the wrong kind for the route with 403.
-func checkKind(who engine.Principal, need keyNeed) error {
-	var want engine.KeyKind
-	switch need {
-	case needAPIKey:
-		want = engine.KeyAPI
-	case needWidgetKey:
-		want = engine.KeyWidget
-	default:
-		want = engine.KeyVisitor
-	}
+func checkKind(who engine.Principal, want engine.KeyKind) error {
 	if who.Kind != want {
 		return engine.Errorf(engine.CodeForbidden, "this endpoint takes %s, not %s", kindName(want), kindName(who.Kind))
 	}

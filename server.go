@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"time"
@@ -161,29 +162,29 @@ func (s *server) routes() fasthttp.RequestHandler {
 	r.SaveMatchedRoutePath = false
 
 	preflighted := map[string]bool{}
-	api := func(method, path string, need keyNeed, okStatus int, h handler) {
+	api := func(method, path string, need engine.KeyKind, okStatus int, h handler) {
 		r.Handle(method, path, s.route(path, need, okStatus, h))
 		// Browsers call the visitor side from other origins: each of its paths answers CORS
 		// preflights.
-		if need != needAPIKey && !preflighted[path] {
+		if need != engine.KeyAPI && !preflighted[path] {
 			preflighted[path] = true
 			r.OPTIONS(path, s.preflight)
 		}
 	}
-	api("POST", "/conversations", needAPIKey, 201, s.createConversation)
-	api("GET", "/conversations", needAPIKey, 200, s.listConversations)
-	api("GET", "/conversations/{id}", needAPIKey, 200, s.getConversation)
-	api("PATCH", "/conversations/{id}", needAPIKey, 200, s.patchConversation)
-	api("POST", "/conversations/{id}/messages", needAPIKey, 201, s.postAgentMessage)
-	api("GET", "/conversations/{id}/messages", needAPIKey, 200, s.listMessages)
-	api("POST", "/conversations/{id}/bot-messages", needAPIKey, 201, s.postBotMessage)
-	api("GET", "/events", needAPIKey, 200, s.listEvents)
+	api("POST", "/conversations", engine.KeyAPI, 201, s.createConversation)
+	api("GET", "/conversations", engine.KeyAPI, 200, s.listConversations)
+	api("GET", "/conversations/{id}", engine.KeyAPI, 200, s.getConversation)
+	api("PATCH", "/conversations/{id}", engine.KeyAPI, 200, s.patchConversation)
+	api("POST", "/conversations/{id}/messages", engine.KeyAPI, 201, s.postAgentMessage)
+	api("GET", "/conversations/{id}/messages", engine.KeyAPI, 200, s.listMessages)
+	api("POST", "/conversations/{id}/bot-messages", engine.KeyAPI, 201, s.postBotMessage)
+	api("GET", "/events", engine.KeyAPI, 200, s.listEvents)
 
-	api("POST", "/widget/conversations", needWidgetKey, 201, s.widgetCreateConversation)
-	api("GET", "/widget/conversations/{id}", needVisitor, 200, s.getConversation)
-	api("GET", "/widget/conversations/{id}/messages", needVisitor, 200, s.listMessages)
-	api("POST", "/widget/conversations/{id}/messages", needVisitor, 201, s.postVisitorMessage)
-	api("POST", "/widget/conversations/{id}/request-agent", needVisitor, 200, s.requestAgent)
+	api("POST", "/widget/conversations", engine.KeyWidget, 201, s.widgetCreateConversation)
+	api("GET", "/widget/conversations/{id}", engine.KeyVisitor, 200, s.getConversation)
+	api("GET", "/widget/conversations/{id}/messages", engine.KeyVisitor, 200, s.listMessages)
+	api("POST", "/widget/conversations/{id}/messages", engine.KeyVisitor, 201, s.postVisitorMessage)
+	api("POST", "/widget/conversations/{id}/request-agent", engine.KeyVisitor, 200, s.requestAgent)
 
 	r.GET("/healthz", s.healthz)
 	r.GET("/metrics", s.metrics.handler())
@@ -203,7 +204,7 @@ func (s *server) routes() fasthttp.RequestHandler {
 		s.metrics.observe("unmatched", ctx, start)
 	}
 	r.PanicHandler = func(ctx *fasthttp.RequestCtx, v any) {
-		s.writeError(ctx, fmt.Errorf("panic: %v", v))
+		s.writeError(ctx, fmt.Errorf("handler panicked: %v\n%s", v, debug.Stack()))
 	}
 	return r.Handler
 }
@@ -218,11 +219,17 @@ func withoutOptions(allow string) string {
 	return strings.Join(kept, ", ")
 }
 
+// healthz is 200 while writes commit and 503 while they cannot (disk full, I/O errors, a damaged
+// page, shutting down), so a load balancer or supervisor sees what clients would meet.
 func (s *server) healthz(ctx *fasthttp.RequestCtx) {
 	start := time.Now()
 	setRequestID(ctx)
-	ctx.SetContentType("application/json")
-	ctx.SetBodyString(`{"status":"ok"}`)
+	if err := s.db.WriteHealth(context.WithoutCancel(ctx)); err != nil {
+		s.writeError(ctx, err)
+	} else {
+		ctx.SetContentType("application/json")
+		ctx.SetBodyString(`{"status":"ok"}`)
+	}
 	s.metrics.observe("/healthz", ctx, start)
 }
 

@@ -71,7 +71,7 @@ func BenchmarkBareAppend(b *testing.B) {
 	db := openTestDB(b)
 	bucket := []byte("bench")
 	err := db.Update(context.Background(), func(tx *Tx) error {
-		_, err := tx.Bolt().CreateBucketIfNotExists(bucket)
+		_, err := tx.bolt.CreateBucketIfNotExists(bucket)
 		return err
 	})
 	if err != nil {
@@ -86,7 +86,7 @@ func BenchmarkBareAppend(b *testing.B) {
 		for pb.Next() {
 			key := u64(seq.Add(1))
 			err := db.Update(context.Background(), func(tx *Tx) error {
-				return tx.Bolt().Bucket(bucket).Put(key, value)
+				return tx.bolt.Bucket(bucket).Put(key, value)
 			})
 			if err != nil {
 				b.Error(err)

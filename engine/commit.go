@@ -7,6 +7,7 @@ import (
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -25,10 +26,6 @@ type Tx struct {
 // it, so a takeover's status change, marker and reply carry the same instant.
 func (tx *Tx) Now() Time { return tx.now }
 
-// Bolt exposes the underlying transaction so packages that plug into a unit (the webhook outbox)
-// can keep their rows in their own buckets.
-func (tx *Tx) Bolt() *bolt.Tx { return tx.bolt }
-
 // Unit is one atomic change. It runs inside the commit loop's transaction; returning an error
 // rolls back its writes (and only its writes: the batch is re-run without it).
 type Unit func(tx *Tx) error
@@ -39,21 +36,35 @@ type pending struct {
 	events []Event
 }
 
-// committer is the single owner of the database's write side: it takes every unit queued while
+// orgQueue holds one org's units waiting for a batch. slots bounds them: an org with that many
+// queued waits in its own line, so a flood from one org never fills everyone's.
+type orgQueue struct {
+	units []*pending
+	slots chan struct{}
+}
+
+// committer is the single owner of the database's write side: it takes the units queued while
 // the previous fsync ran, runs them in one bbolt transaction, and answers each only after that
-// transaction's fsync returned.
+// transaction's fsync returned. Each batch takes units from every org with work in turn, one at
+// a time, so an org with one unit queued behind another org's thousand is in the next batch.
 type committer struct {
 	db       *DB
 	maxBatch int
-	queue    chan *pending
-	mu       sync.RWMutex // guards closed against sends on a closed queue
-	closed   bool
-	stopped  chan struct{}
 
-	subMu       sync.RWMutex
-	subscribers []func([]Event)
+	mu     sync.Mutex
+	wake   *sync.Cond // signalled when a unit is queued or the loop must stop
+	queues map[string]*orgQueue
+	ready  []string // orgs with queued units, in the order the next batch serves them
+	queued int
+	closed bool
+
+	stopped chan struct{}
 
 	batches, units, failed atomic.Uint64
+
+	// writeErr is the cause of the last failed commit, nil once a commit succeeds again.
+	writeErr  atomic.Pointer[error]
+	lastProbe atomic.Int64
 }
 
 // CommitStats counts the commit loop's work since Open: fsync'd batches, the units they carried,
@@ -63,7 +74,12 @@ type CommitStats struct {
 }
 
 // Queued is how many units wait for the next batch right now.
-func (db *DB) Queued() int { return len(db.commits.queue) }
+func (db *DB) Queued() int {
+	c := db.commits
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.queued
+}
 
 // CommitStats returns the commit loop's counters.
 func (db *DB) CommitStats() CommitStats {
@@ -72,49 +88,65 @@ func (db *DB) CommitStats() CommitStats {
 }
 
 func startCommitter(db *DB, maxBatch int) *committer {
-	c := &committer{db: db, maxBatch: maxBatch, queue: make(chan *pending, maxBatch), stopped: make(chan struct{})}
+	c := &committer{db: db, maxBatch: maxBatch, queues: make(map[string]*orgQueue), stopped: make(chan struct{})}
+	c.wake = sync.NewCond(&c.mu)
 	go c.loop()
 	return c
 }
 
-var errShuttingDown = Errorf(CodeUnavailable, "the server is shutting down")
+var (
+	errShuttingDown = Errorf(CodeUnavailable, "the server is shutting down")
+	errCommit       = Errorf(CodeUnavailable, "the database could not commit the write; nothing of it was stored")
+)
 
 // Update runs unit through the commit loop and returns once its transaction is fsync'd (nil) or
-// it failed (its error; nothing of it was written). The events it appended are published to
-// subscribers, in offset order, before Update returns.
+// it failed (its error; nothing of it was written). The events it appended are in the feed
+// before Update returns.
 func (db *DB) Update(ctx context.Context, unit Unit) error {
+	return db.update(ctx, "", unit)
+}
+
+// update is Update for a unit of one org, which queues in that org's line.
+func (db *DB) update(ctx context.Context, orgID string, unit Unit) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	p := &pending{unit: unit, done: make(chan error, 1)}
 	c := db.commits
-	c.mu.RLock()
+	c.mu.Lock()
+	q := c.queues[orgID]
+	if q == nil {
+		q = &orgQueue{slots: make(chan struct{}, c.maxBatch)}
+		c.queues[orgID] = q
+	}
+	c.mu.Unlock()
+	select {
+	case q.slots <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer func() { <-q.slots }()
+	p := &pending{unit: unit, done: make(chan error, 1)}
+	c.mu.Lock()
 	if c.closed {
-		c.mu.RUnlock()
+		c.mu.Unlock()
 		return errShuttingDown
 	}
-	c.queue <- p
-	c.mu.RUnlock()
+	if len(q.units) == 0 {
+		c.ready = append(c.ready, orgID)
+	}
+	q.units = append(q.units, p)
+	c.queued++
+	c.wake.Signal()
+	c.mu.Unlock()
 	// Once queued, the unit may commit whatever the caller does, so the answer is always awaited:
 	// returning early on ctx would report a failure for data that is on disk.
 	return <-p.done
 }
 
-// Subscribe registers fn to receive every committed batch's events in offset order. fn runs on the
-// commit loop and must not block: copy and hand off.
-func (db *DB) Subscribe(fn func([]Event)) {
-	c := db.commits
-	c.subMu.Lock()
-	c.subscribers = append(c.subscribers, fn)
-	c.subMu.Unlock()
-}
-
 func (c *committer) close() {
 	c.mu.Lock()
-	if !c.closed {
-		c.closed = true
-		close(c.queue)
-	}
+	c.closed = true
+	c.wake.Signal()
 	c.mu.Unlock()
 	<-c.stopped
 }
@@ -122,22 +154,50 @@ func (c *committer) close() {
 func (c *committer) loop() {
 	defer close(c.stopped)
 	batch := make([]*pending, 0, c.maxBatch)
-	for first := range c.queue {
-		batch = append(batch[:0], first)
-	drain:
-		for len(batch) < c.maxBatch {
-			select {
-			case p, ok := <-c.queue:
-				if !ok {
-					break drain
-				}
-				batch = append(batch, p)
-			default:
-				break drain
-			}
+	for {
+		batch = c.take(batch[:0])
+		if len(batch) == 0 {
+			return
 		}
 		c.run(batch)
+		clear(batch) // drop the answered units' events
 	}
+}
+
+// take waits for queued units and appends the next batch to batch: one unit of each ready org in
+// turn until the batch is full. It returns an empty batch once the loop is closed and drained.
+func (c *committer) take(batch []*pending) []*pending {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for c.queued == 0 {
+		if c.closed {
+			return batch
+		}
+		c.wake.Wait()
+	}
+	i := 0
+	for len(batch) < c.maxBatch && len(c.ready) > 0 {
+		if i >= len(c.ready) {
+			i = 0
+		}
+		org := c.ready[i]
+		q := c.queues[org]
+		batch = append(batch, q.units[0])
+		q.units[0] = nil
+		q.units = q.units[1:]
+		c.queued--
+		if len(q.units) == 0 {
+			q.units = nil
+			c.ready = append(c.ready[:i], c.ready[i+1:]...)
+		} else {
+			i++
+		}
+	}
+	// The next batch starts with the org after the last one served here.
+	if i > 0 && i < len(c.ready) {
+		c.ready = append(c.ready[i:], c.ready[:i]...)
+	}
+	return batch
 }
 
 // errUnitFailed aborts a batch transaction after one unit failed; that unit is answered and the
@@ -148,9 +208,10 @@ func (c *committer) run(batch []*pending) {
 	for len(batch) > 0 {
 		failed := -1
 		var unitErr error
-		err := c.db.bolt.Update(func(btx *bolt.Tx) error {
+		now := c.db.now()
+		err := c.db.commit(func(btx *bolt.Tx) error {
 			for i, p := range batch {
-				tx := &Tx{db: c.db, bolt: btx, now: Now()}
+				tx := &Tx{db: c.db, bolt: btx, now: now}
 				if err := callUnit(p.unit, tx); err != nil {
 					failed, unitErr = i, err
 					return errUnitFailed
@@ -166,17 +227,26 @@ func (c *committer) run(batch []*pending) {
 			continue
 		}
 		if err != nil {
-			// The commit itself failed (disk full, I/O error): bbolt rolled everything back.
-			fail := &Error{Code: CodeUnavailable, Message: "the database could not commit: " + err.Error()}
+			// The commit itself failed (disk full, I/O error, a damaged page): bbolt rolled
+			// everything back. The cause is for the log; the callers learn only that nothing
+			// was stored.
+			c.writeErr.Store(&err)
+			c.lastProbe.Store(time.Now().UnixNano())
+			fail := errCommit.WithCause(err)
 			c.failed.Add(uint64(len(batch)))
 			for _, p := range batch {
 				p.done <- fail
 			}
 			return
 		}
+		c.writeErr.Store(nil)
 		c.batches.Add(1)
 		c.units.Add(uint64(len(batch)))
-		c.publish(batch)
+		var events []Event
+		for _, p := range batch {
+			events = append(events, p.events...)
+		}
+		c.db.feed.publish(events)
 		for _, p := range batch {
 			p.done <- nil
 		}
@@ -184,32 +254,69 @@ func (c *committer) run(batch []*pending) {
 	}
 }
 
-func (c *committer) publish(batch []*pending) {
-	c.subMu.RLock()
-	subs := c.subscribers
-	c.subMu.RUnlock()
-	if len(subs) == 0 {
-		return
-	}
-	var events []Event
-	for _, p := range batch {
-		events = append(events, p.events...)
-	}
-	if len(events) == 0 {
-		return
-	}
-	for _, fn := range subs {
-		fn(events)
-	}
+// commit runs one bbolt write transaction. bbolt panics on some damaged pages; its Update rolls
+// the transaction back as the panic unwinds, so the panic is turned into this batch's error and
+// the process and the file stay as the last good commit left them.
+func (db *DB) commit(fn func(*bolt.Tx) error) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("bbolt panicked during a write transaction: %v\n%s", r, debug.Stack())
+		}
+	}()
+	return db.bolt.Update(fn)
 }
 
-// callUnit turns a panicking unit into an error of that unit alone, so one bug cannot take its
-// batch neighbours (or the loop) down with it.
+// callUnit turns a panicking unit into an internal error of that unit alone, so one bug cannot
+// take its batch neighbours (or the loop) down with it. The panic and its stack are the error's
+// cause, for the log.
 func callUnit(u Unit, tx *Tx) (err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			err = fmt.Errorf("write unit panicked: %v\n%s", r, debug.Stack())
+			err = (&Error{Code: CodeInternal, Message: "Internal error."}).
+				WithCause(fmt.Errorf("write unit panicked: %v\n%s", r, debug.Stack()))
 		}
 	}()
 	return u(tx)
+}
+
+// probeInterval bounds how often WriteHealth tries a write while the last commit failed, and
+// probeSize is that write: as large as the largest request body, so that a success means a real
+// write fits again, not merely a few bytes into a page that happened to be free.
+const (
+	probeInterval = time.Second
+	probeSize     = 1 << 20
+)
+
+var probeKey = []byte("probe")
+
+// WriteHealth reports whether writes can commit: nil after the last commit succeeded, an
+// unavailable error (its cause is the failure, for the log) after one failed or once the loop is
+// closed. While unhealthy it tries a write of probeSize at most once a second (the first a second
+// after the failure), so that a disk that has room again is seen without waiting for client
+// traffic. The probe's value replaces the previous one, so probes never grow the file.
+func (db *DB) WriteHealth(ctx context.Context) error {
+	c := db.commits
+	c.mu.Lock()
+	closed := c.closed
+	c.mu.Unlock()
+	if closed {
+		return errShuttingDown
+	}
+	last := c.writeErr.Load()
+	if last == nil {
+		return nil
+	}
+	now := time.Now().UnixNano()
+	if prev := c.lastProbe.Load(); now-prev >= int64(probeInterval) && c.lastProbe.CompareAndSwap(prev, now) {
+		err := db.Update(ctx, func(tx *Tx) error {
+			return tx.bolt.Bucket(bucketProbe).Put(probeKey, make([]byte, probeSize))
+		})
+		if err == nil {
+			return nil
+		}
+	}
+	if last = c.writeErr.Load(); last == nil {
+		return nil
+	}
+	return errCommit.WithCause(*last)
 }

@@ -21,7 +21,7 @@ var testBucket = []byte("test")
 func createTestBucket(tb testing.TB, db *DB) {
 	tb.Helper()
 	err := db.Update(context.Background(), func(tx *Tx) error {
-		_, err := tx.Bolt().CreateBucketIfNotExists(testBucket)
+		_, err := tx.bolt.CreateBucketIfNotExists(testBucket)
 		return err
 	})
 	if err != nil {
@@ -31,7 +31,7 @@ func createTestBucket(tb testing.TB, db *DB) {
 
 // putUnit writes key → key into the test bucket.
 func putUnit(key []byte) Unit {
-	return func(tx *Tx) error { return tx.Bolt().Bucket(testBucket).Put(key, key) }
+	return func(tx *Tx) error { return tx.bolt.Bucket(testBucket).Put(key, key) }
 }
 
 // testKeys returns every key of the test bucket as read from a committed state.
@@ -182,8 +182,11 @@ func TestUpdateFailingUnitSparesBatch(t *testing.T) {
 			name: "panic",
 			fail: func() error { panic("unit exploded") },
 			check: func(t *testing.T, err error) {
-				if err == nil || !strings.Contains(err.Error(), "panicked") || !strings.Contains(err.Error(), "unit exploded") {
-					t.Errorf("panicking unit got %v, want an error naming the panic", err)
+				var e *Error
+				if !errors.As(err, &e) || e.Cause == nil || !strings.Contains(e.Cause.Error(), "panicked") || !strings.Contains(e.Cause.Error(), "unit exploded") {
+					t.Errorf("panicking unit got %v, want an error whose cause names the panic", err)
+				} else if strings.Contains(e.Message, "unit exploded") {
+					t.Errorf("the panic reached the client-facing message %q", e.Message)
 				}
 				if code := ErrorCode(err); code != CodeInternal {
 					t.Errorf("panicking unit's code = %s, want %s", code, CodeInternal)
@@ -256,21 +259,32 @@ func TestUpdateFailingUnitSparesBatch(t *testing.T) {
 	}
 }
 
-// eventSink records what the commit loop publishes, as a realtime hub or webhook worker would.
+// eventSink reads the feed as a realtime hub or webhook worker would, through a subscription.
 type eventSink struct {
 	mu     sync.Mutex
+	sub    *Subscription
 	events []Event
 }
 
-func (s *eventSink) receive(evs []Event) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.events = append(s.events, evs...)
+func newEventSink(db *DB) *eventSink {
+	s := &eventSink{sub: db.Subscribe("test")}
+	return s
 }
 
+// snapshot returns every event read so far, after reading whatever is in the feed right now
+// without waiting: what a commit published before its Update returned is there.
 func (s *eventSink) snapshot() []Event {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	now, cancel := context.WithCancel(context.Background())
+	cancel()
+	for {
+		evs, err := s.sub.Next(now, 1000)
+		if err != nil {
+			break
+		}
+		s.events = append(s.events, evs...)
+	}
 	return append([]Event(nil), s.events...)
 }
 
@@ -309,8 +323,7 @@ func eventUnit(orgID, label string, fail error) Unit {
 func TestSubscribePublishesCommittedEventsInOrder(t *testing.T) {
 	db := openTestDB(t)
 	org := newTestOrg(t, db)
-	sink := &eventSink{}
-	db.Subscribe(sink.receive)
+	sink := newEventSink(db)
 	errBad := errors.New("refused after appending events")
 	var goodUnits atomic.Int32
 
@@ -452,8 +465,8 @@ func TestCloseAnswersQueuedUnits(t *testing.T) {
 	closed := make(chan error, 1)
 	go func() { closed <- db.Close() }()
 	waitFor(t, "Close to stop taking units", func() bool {
-		db.commits.mu.RLock()
-		defer db.commits.mu.RUnlock()
+		db.commits.mu.Lock()
+		defer db.commits.mu.Unlock()
 		return db.commits.closed
 	})
 	// The loop is still held, so an Update that waited here would hang: it must be refused.

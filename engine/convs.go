@@ -79,7 +79,7 @@ func (db *DB) CreateConversation(ctx context.Context, orgID string, in NewConver
 	token := newSecret(SecretVisitor)
 	convID := newID(PrefixConversation)
 	keyID := newID(PrefixKey)
-	err = db.Update(ctx, func(tx *Tx) error {
+	err = db.update(ctx, orgID, func(tx *Tx) error {
 		var org Org
 		found, err := getJSON(tx.bolt.Bucket(bucketOrgs), []byte(orgID), &org)
 		if err != nil {
@@ -152,12 +152,12 @@ func (db *DB) UpdateConversation(ctx context.Context, orgID, convID string, patc
 		return Conversation{}, err
 	}
 	probe := conversationRecord{Conversation: current}
-	changes, err := patch.apply(&probe, Now())
+	changes, err := patch.apply(&probe, db.now())
 	if err != nil || (len(changes) == 0 && idem == nil) {
 		return current, err
 	}
 	var out Conversation
-	err = db.Update(ctx, func(tx *Tx) error {
+	err = db.update(ctx, orgID, func(tx *Tx) error {
 		rec, err := readConversation(tx.bolt, orgID, convID)
 		if err != nil {
 			return err

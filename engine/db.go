@@ -10,8 +10,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/zeebo/blake3"
@@ -37,6 +37,15 @@ import (
 //	          keys of visitor and widget requests carry their own scope (see the HTTP layer)
 //	idem_time created_ms · org id · idempotency key            → empty: expiry order for the sweeper
 //	meta      "count/" + status                               → uint64: conversations per status
+//	          "schema"                                        → uint64: schemaVersion
+//	probe     "probe"                                         → probeSize zero bytes: the write that
+//	          tells a full disk from one with room again (its own bucket, so no other write rewrites it)
+//
+// Plug-in buckets: a package that keeps rows of its own (webhook endpoints and their cursors)
+// declares its buckets in Options.Buckets and reaches them only through Tx.Bucket and
+// DB.ViewBucket. Their layouts are written here too, so every key of the file is in one place:
+//
+//	(none yet)
 var (
 	bucketOrgs     = []byte("orgs")
 	bucketKeys     = []byte("keys")
@@ -47,7 +56,8 @@ var (
 	bucketIdem     = []byte("idem")
 	bucketIdemTime = []byte("idem_time")
 	bucketMeta     = []byte("meta")
-	allBuckets     = [][]byte{bucketOrgs, bucketKeys, bucketConvs, bucketActivity, bucketMsgs, bucketEvents, bucketIdem, bucketIdemTime, bucketMeta}
+	bucketProbe    = []byte("probe")
+	allBuckets     = [][]byte{bucketOrgs, bucketKeys, bucketConvs, bucketActivity, bucketMsgs, bucketEvents, bucketIdem, bucketIdemTime, bucketMeta, bucketProbe}
 )
 
 const anyStatus = 0xFF
@@ -81,8 +91,15 @@ var ErrLocked = errors.New("the database is in use by another process (is a serv
 type Options struct {
 	// LockTimeout bounds the wait for another process's lock on the file.
 	LockTimeout time.Duration
-	// MaxBatch caps how many write units one commit takes, bounding a batch's latency.
+	// MaxBatch caps how many write units one commit takes, bounding a batch's latency; it is
+	// also how many units one org may have queued before its next caller waits.
 	MaxBatch int
+	// Now is the clock of every time the engine stamps or compares (creation, activity, expiry
+	// of idempotency records and cached keys, pruning cutoffs); nil is time.Now. Tests inject one
+	// to step through hours without waiting.
+	Now func() time.Time
+	// Buckets are the plug-in buckets to create and allow (see the layout comment above).
+	Buckets []string
 }
 
 // DB is an open Awardee database. All writes go through its commit loop; reads run in their own
@@ -92,12 +109,12 @@ type DB struct {
 	path string
 
 	commits *committer
+	feed    *feed
+	clock   func() time.Time
+	plugins map[string]bool
 
 	authMu    sync.Mutex
 	authCache map[[32]byte]authEntry
-
-	hooksMu     sync.Mutex // serializes OnAppend; the commit loop reads the pointer lock-free
-	appendHooks atomic.Pointer[[]func(*Tx, Event) error]
 }
 
 // DatabaseFile is the name of the bbolt file inside a data directory.
@@ -114,6 +131,16 @@ func Open(dir string, opts Options) (*DB, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	plugins := make(map[string]bool, len(opts.Buckets))
+	for _, name := range opts.Buckets {
+		if name == "" || slices.ContainsFunc(allBuckets, func(b []byte) bool { return string(b) == name }) {
+			return nil, fmt.Errorf("plug-in bucket name %q is empty or taken by the engine", name)
+		}
+		plugins[name] = true
+	}
 	path := filepath.Join(dir, DatabaseFile)
 	b, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.LockTimeout, FreelistType: bolt.FreelistMapType})
 	if err != nil {
@@ -128,13 +155,18 @@ func Open(dir string, opts Options) (*DB, error) {
 				return err
 			}
 		}
+		for name := range plugins {
+			if _, err := tx.CreateBucketIfNotExists([]byte(name)); err != nil {
+				return err
+			}
+		}
 		return checkSchema(tx.Bucket(bucketMeta))
 	})
 	if err != nil {
 		b.Close()
 		return nil, err
 	}
-	db := &DB{bolt: b, path: path, authCache: make(map[[32]byte]authEntry)}
+	db := &DB{bolt: b, path: path, feed: newFeed(), clock: opts.Now, plugins: plugins, authCache: make(map[[32]byte]authEntry)}
 	db.commits = startCommitter(db, opts.MaxBatch)
 	return db, nil
 }
@@ -147,20 +179,6 @@ func (db *DB) Close() error {
 
 // Path is the database file's path.
 func (db *DB) Path() string { return db.path }
-
-// OnAppend registers a function that runs inside the write transaction for every event appended,
-// so a consumer can write its own rows (a webhook outbox) atomically with the event. Register
-// before serving; an error fails the unit that appended the event.
-func (db *DB) OnAppend(fn func(*Tx, Event) error) {
-	db.hooksMu.Lock()
-	defer db.hooksMu.Unlock()
-	var hooks []func(*Tx, Event) error
-	if old := db.appendHooks.Load(); old != nil {
-		hooks = append(hooks, *old...)
-	}
-	hooks = append(hooks, fn)
-	db.appendHooks.Store(&hooks)
-}
 
 // Backup writes a consistent copy of the whole database to w from one read transaction.
 func (db *DB) Backup(w io.Writer) (int64, error) {
@@ -215,6 +233,10 @@ func join(parts ...[]byte) []byte {
 	}
 	return out
 }
+
+// now is the engine's clock, truncated to what the wire format carries so that a stored time and
+// its rendering never disagree.
+func (db *DB) now() Time { return Time{db.clock().UTC().Truncate(time.Millisecond)} }
 
 func hashSecret(secret string) [32]byte { return blake3.Sum256([]byte(secret)) }
 

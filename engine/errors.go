@@ -3,6 +3,7 @@ package engine
 import (
 	"errors"
 	"fmt"
+	"maps"
 )
 
 // Error codes of the contract. The HTTP layer maps each to exactly one status; the engine only
@@ -24,25 +25,41 @@ const (
 )
 
 // Error is the one error type a caller of the engine needs to understand: a machine code from the
-// contract, a sentence for humans and optional structured details. Anything else that escapes the
-// engine is an internal fault.
+// contract, a sentence for humans and optional structured details, all of which may be shown to
+// the client. Cause is what went wrong underneath (an OS error, a path, a stack): it is for the
+// log only and never part of Message. Anything else that escapes the engine is an internal fault.
 type Error struct {
 	Code    string
 	Message string
 	Details map[string]any
+	Cause   error
 }
 
+// Error is the client-facing text; the cause is reached through Unwrap, so logging the error
+// with %v shows what a client sees and logging Cause shows the rest.
 func (e *Error) Error() string { return e.Code + ": " + e.Message }
+
+// Unwrap exposes the cause to errors.Is and errors.As.
+func (e *Error) Unwrap() error { return e.Cause }
 
 // Errorf builds an *Error with a formatted message.
 func Errorf(code, format string, args ...any) *Error {
 	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
 }
 
-// WithDetails returns e with details attached, for chaining at the point of creation.
+// WithDetails returns a copy of e with details attached. It never changes e, so package-level
+// errors can be shared and decorated by any caller.
 func (e *Error) WithDetails(details map[string]any) *Error {
-	e.Details = details
-	return e
+	c := *e
+	c.Details = maps.Clone(details)
+	return &c
+}
+
+// WithCause returns a copy of e that records cause for the log.
+func (e *Error) WithCause(cause error) *Error {
+	c := *e
+	c.Cause = cause
+	return &c
 }
 
 // ErrorCode returns the contract code of err: its own for an *Error, internal_error otherwise.
@@ -54,8 +71,8 @@ func ErrorCode(err error) string {
 	return CodeInternal
 }
 
-// ErrNotFound is shared by every lookup so that another org's object and a missing one are
-// indistinguishable to the caller.
+// notFound is the error of every lookup that finds nothing, so that another org's object and a
+// missing one are indistinguishable to the caller.
 func notFound(what string) *Error {
 	return Errorf(CodeNotFound, "%s not found", what)
 }

@@ -37,13 +37,6 @@ func (tx *Tx) appendEventJSON(orgID, convID, typ string, data []byte) error {
 	if err := log.Put(u64(offset), encodeStoredEvent(ev)); err != nil {
 		return err
 	}
-	if hooks := tx.db.appendHooks.Load(); hooks != nil {
-		for _, hook := range *hooks {
-			if err := hook(tx, ev); err != nil {
-				return err
-			}
-		}
-	}
 	tx.events = append(tx.events, ev)
 	return nil
 }
@@ -157,7 +150,7 @@ func (db *DB) PruneEvents(ctx context.Context, cutoff time.Time) (int, error) {
 				break
 			}
 			n := 0
-			err = db.Update(ctx, func(tx *Tx) error {
+			err = db.update(ctx, org.ID, func(tx *Tx) error {
 				n = 0
 				log := tx.bolt.Bucket(bucketEvents).Bucket([]byte(org.ID))
 				if log == nil {

@@ -103,7 +103,7 @@ func (tx *Tx) putIdempotency(orgID string, idem *Idempotency, status int, body [
 // SaveOutcome stores a finished request's outcome that had no effect to commit with it (a 4xx),
 // so that a retry with the same key gets the same answer.
 func (db *DB) SaveOutcome(ctx context.Context, orgID string, idem *Idempotency, status int, body []byte) error {
-	return db.Update(ctx, func(tx *Tx) error { return tx.putIdempotency(orgID, idem, status, body) })
+	return db.update(ctx, orgID, func(tx *Tx) error { return tx.putIdempotency(orgID, idem, status, body) })
 }
 
 // LookupIdempotency returns the live record under orgID's key, or nil when there is none or it
@@ -119,7 +119,7 @@ func (db *DB) LookupIdempotency(orgID, key string, ttl time.Duration) (*Idempote
 		if err != nil {
 			return nil // a damaged record is no record: the request runs and overwrites it
 		}
-		if time.Since(r.CreatedAt.Time) < ttl {
+		if db.clock().Sub(r.CreatedAt.Time) < ttl {
 			rec = &r
 		}
 		return nil
@@ -134,7 +134,7 @@ func (r *IdempotencyRecord) Matches(fp [32]byte) bool { return bytes.Equal(r.Fin
 // pruneChunk per unit so a large sweep never holds the commit loop for long. It looks in a read
 // transaction first, so a sweep with nothing to do writes nothing.
 func (db *DB) PruneIdempotency(ctx context.Context, ttl time.Duration) (int, error) {
-	cutoff := u64(uint64(time.Now().Add(-ttl).UnixMilli()))
+	cutoff := u64(uint64(db.clock().Add(-ttl).UnixMilli()))
 	expired := func(k []byte) bool { return k != nil && bytes.Compare(k[:8], cutoff) < 0 }
 	total := 0
 	for {
@@ -191,7 +191,7 @@ func (db *DB) RunMaintenance(ctx context.Context, m Maintenance) {
 		}
 	}
 	sweepEvery(ctx, m.Every, func(ctx context.Context) {
-		_, err := db.PruneEvents(ctx, time.Now().Add(-m.EventRetention))
+		_, err := db.PruneEvents(ctx, db.clock().Add(-m.EventRetention))
 		report("events", err)
 		_, err = db.PruneIdempotency(ctx, m.IdempotencyTTL)
 		report("idempotency keys", err)

@@ -36,9 +36,9 @@ func TestIdempotencyTimeIndexFollowsRewrites(t *testing.T) {
 	}
 }
 
-// The record of a 2xx is committed by the same transaction as the message: when the message's
-// events are published (after that transaction's fsync, before any later one), the record is
-// already readable. A record written in a transaction of its own would not be.
+// The record of a 2xx is committed by the same transaction as the message: a record that cannot
+// be written (a key over bbolt's key size limit) takes the message and its events down with it,
+// which a record written in a transaction of its own would not.
 func TestIdempotencyRecordCommitsWithTheMessage(t *testing.T) {
 	db := openTestDB(t)
 	org := newTestOrg(t, db)
@@ -46,18 +46,22 @@ func TestIdempotencyRecordCommitsWithTheMessage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	found := make(chan bool, 1)
-	db.Subscribe(func(events []Event) {
-		rec, err := db.LookupIdempotency(org.OrgID, "same-tx", time.Hour)
-		found <- err == nil && rec != nil
-	})
+	before := latestOffset(t, db, org.OrgID)
+	unstorable := &Idempotency{Key: strings.Repeat("k", 40_000), Status: 201}
+	if _, err := db.PostMessage(context.Background(), NewMessage{OrgID: org.OrgID, ConversationID: conv.Conversation.ID, Author: AuthorAgent, Text: "hi"}, unstorable); err == nil {
+		t.Fatal("a post whose record cannot be stored succeeded")
+	}
+	if msgs := allMessages(t, db, org.OrgID, conv.Conversation.ID); len(msgs) != 0 {
+		t.Fatalf("%d messages stored without their idempotency record", len(msgs))
+	}
+	if got := latestOffset(t, db, org.OrgID); got != before {
+		t.Fatalf("the log moved from %d to %d for a post that failed", before, got)
+	}
+
 	idem := &Idempotency{Key: "same-tx", Status: 201}
 	msg, err := db.PostMessage(context.Background(), NewMessage{OrgID: org.OrgID, ConversationID: conv.Conversation.ID, Author: AuthorAgent, Text: "hi"}, idem)
 	if err != nil {
 		t.Fatal(err)
-	}
-	if !<-found {
-		t.Fatal("the message's events were published before its idempotency record was readable")
 	}
 	rec, err := db.LookupIdempotency(org.OrgID, "same-tx", time.Hour)
 	if err != nil || rec == nil || !strings.Contains(string(rec.Body), msg.ID) || string(rec.Body) != string(idem.Stored) {

@@ -71,7 +71,7 @@ func (db *DB) PostMessage(ctx context.Context, in NewMessage, idem *Idempotency)
 	msgID := newID(PrefixMessage)
 	markerID := newID(PrefixMessage)
 	var out Message
-	err = db.Update(ctx, func(tx *Tx) error {
+	err = db.update(ctx, in.OrgID, func(tx *Tx) error {
 		rec, err := readConversation(tx.bolt, in.OrgID, in.ConversationID)
 		if err != nil {
 			return err
@@ -192,7 +192,7 @@ func (db *DB) RequestAgent(ctx context.Context, orgID, convID string, idem *Idem
 		return current, err
 	}
 	var out Conversation
-	err = db.Update(ctx, func(tx *Tx) error {
+	err = db.update(ctx, orgID, func(tx *Tx) error {
 		rec, err := readConversation(tx.bolt, orgID, convID)
 		if err != nil {
 			return err

@@ -16,8 +16,7 @@ func TestTakeoverWritesInOrder(t *testing.T) {
 	db := openTestDB(t)
 	org := newTestOrg(t, db)
 	conv := newConv(t, db, org.OrgID, StatusAgentRequested)
-	sink := &eventSink{}
-	db.Subscribe(sink.receive)
+	sink := newEventSink(db)
 	before := latestOffset(t, db, org.OrgID)
 
 	reply, err := db.PostMessage(context.Background(), NewMessage{

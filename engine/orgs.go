@@ -65,7 +65,7 @@ func (db *DB) CreateOrg(ctx context.Context, in NewOrg) (CreatedOrg, error) {
 	if !creatableStatus(in.InitialStatus) {
 		return CreatedOrg{}, Errorf(CodeValidation, "initial status must be bot_active, agent_requested or open")
 	}
-	org := Org{ID: newID(PrefixOrg), Name: name, InitialStatus: in.InitialStatus, Rate: in.Rate, Burst: in.Burst, CreatedAt: Now()}
+	org := Org{ID: newID(PrefixOrg), Name: name, InitialStatus: in.InitialStatus, Rate: in.Rate, Burst: in.Burst, CreatedAt: db.now()}
 	out := CreatedOrg{OrgID: org.ID, APIKey: newSecret(SecretAPI), WidgetKey: newSecret(SecretWidget)}
 	err := db.Update(ctx, func(tx *Tx) error {
 		if err := putJSON(tx.bolt.Bucket(bucketOrgs), []byte(org.ID), org); err != nil {
@@ -91,7 +91,7 @@ func (db *DB) UpdateOrg(ctx context.Context, orgID string, u OrgUpdate) (Org, er
 		return Org{}, Errorf(CodeValidation, "rate must be positive and burst at least 1")
 	}
 	var org Org
-	err := db.Update(ctx, func(tx *Tx) error {
+	err := db.update(ctx, orgID, func(tx *Tx) error {
 		b := tx.bolt.Bucket(bucketOrgs)
 		found, err := getJSON(b, []byte(orgID), &org)
 		if err != nil {
@@ -117,11 +117,11 @@ func (db *DB) CreateAPIKey(ctx context.Context, orgID, name string) (CreatedKey,
 		name = "api"
 	}
 	out := CreatedKey{KeyID: newID(PrefixKey), APIKey: newSecret(SecretAPI)}
-	err := db.Update(ctx, func(tx *Tx) error {
+	err := db.update(ctx, orgID, func(tx *Tx) error {
 		if tx.bolt.Bucket(bucketOrgs).Get([]byte(orgID)) == nil {
 			return notFound("org")
 		}
-		return tx.putKey(out.APIKey, Principal{KeyID: out.KeyID, OrgID: orgID, Kind: KeyAPI, Name: name, CreatedAt: Now()})
+		return tx.putKey(out.APIKey, Principal{KeyID: out.KeyID, OrgID: orgID, Kind: KeyAPI, Name: name, CreatedAt: tx.now})
 	})
 	return out, err
 }
@@ -182,7 +182,7 @@ func (db *DB) Authenticate(secret string) (Principal, error) {
 		return Principal{}, errUnauthorized
 	}
 	h := hashSecret(secret)
-	now := time.Now()
+	now := db.clock()
 	db.authMu.Lock()
 	e, ok := db.authCache[h]
 	db.authMu.Unlock()
