@@ -35,6 +35,9 @@ func newMetrics(db *engine.DB) *metrics {
 	}
 	m.registry.MustRegister(m.requests, m.messages,
 		conversationsCollector{db: db, desc: prometheus.NewDesc("awardee_conversations", "Conversations by status, across all orgs.", []string{"status"}, nil)},
+		feedCollector{db: db,
+			lag:     prometheus.NewDesc("awardee_feed_lag_events", "Committed events the slowest subscription of a consumer has not read yet.", []string{"consumer"}, nil),
+			dropped: prometheus.NewDesc("awardee_feed_dropped_total", "Times a consumer fell so far behind the event feed that it had to re-read the log.", []string{"consumer"}, nil)},
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "awardee_commit_batches_total", Help: "Write transactions fsync'd by the group-commit loop."},
 			func() float64 { return float64(db.CommitStats().Batches) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "awardee_commit_units_total", Help: "Write units committed; divided by batches, the mean batch size."},
@@ -90,4 +93,23 @@ func methodLabel(m []byte) string {
 		return string(m)
 	}
 	return "other"
+}
+
+// feedCollector reports each event-feed consumer's lag and drops at scrape time. Consumer names
+// are fixed by the code (the hub, the webhook workers), so the label is bounded.
+type feedCollector struct {
+	db           *engine.DB
+	lag, dropped *prometheus.Desc
+}
+
+func (c feedCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.lag
+	ch <- c.dropped
+}
+
+func (c feedCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, st := range c.db.FeedStats() {
+		ch <- prometheus.MustNewConstMetric(c.lag, prometheus.GaugeValue, float64(st.Lag), st.Name)
+		ch <- prometheus.MustNewConstMetric(c.dropped, prometheus.CounterValue, float64(st.Dropped), st.Name)
+	}
 }

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+
+	"github.com/awardee/awardee/engine"
 )
 
 // TestMetricsLabelsStayBounded: made-up methods must not each become a new series.
@@ -35,4 +37,20 @@ func TestOptionsOnlyWhereAnswered(t *testing.T) {
 	}
 	mustStatus(t, ts.do(t, "OPTIONS", "/widget/nope", "", nil), 404)
 	mustStatus(t, ts.do(t, "OPTIONS", "/widget/conversations/conv_x/messages", "", nil), 204)
+}
+
+// The feed's consumers are visible: a subscription that has not read shows its lag.
+func TestMetricsShowFeedLag(t *testing.T) {
+	ts := newTestServer(t)
+	org := ts.newOrg(t, 0, 0)
+	sub := ts.db.Subscribe("probe")
+	defer sub.Close()
+	id := ts.conversationIn(t, org.APIKey, engine.StatusOpen)
+	mustStatus(t, ts.do(t, "POST", "/conversations/"+id+"/messages", org.APIKey, `{"text":"hi"}`), 201)
+	page := string(mustStatus(t, ts.do(t, "GET", "/metrics", "", nil), 200).Body)
+	for _, want := range []string{`awardee_feed_lag_events{consumer="probe"} 1`, `awardee_feed_dropped_total{consumer="probe"} 0`} {
+		if !strings.Contains(page, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
 }

@@ -179,3 +179,23 @@ func (db *DB) FeedStats() []FeedStats {
 	slices.SortFunc(out, func(a, b FeedStats) int { return strings.Compare(a.Name, b.Name) })
 	return out
 }
+
+// ResumeFrom judges a consumer's request to resume orgID's events after an offset (the realtime
+// resume_after): an offset beyond the latest one ever given is a validation error (the client
+// holds a position this log never had), and resync is true when events after it were already
+// pruned, so a replay from the log would have a gap.
+func (db *DB) ResumeFrom(orgID string, after uint64) (resync bool, err error) {
+	oldest, latest, err := db.LogBounds(orgID)
+	if err != nil {
+		return false, err
+	}
+	if after > latest {
+		return false, Errorf(CodeValidation, "resume_after %d is beyond the latest offset %d", after, latest).
+			WithDetails(map[string]any{"field": "resume_after", "latest": latest})
+	}
+	kept := oldest
+	if kept == 0 { // an empty log keeps everything after latest
+		kept = latest + 1
+	}
+	return after+1 < kept, nil
+}
