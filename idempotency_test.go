@@ -260,3 +260,37 @@ func TestIdempotencyScopesOfVisitors(t *testing.T) {
 		t.Fatal("the team got a visitor's stored answer")
 	}
 }
+
+// The fingerprint covers the path as the router matched it: a percent-encoded id that routes to
+// "not found" must not share a fingerprint with the real conversation's path, or its stored 404
+// would be replayed to the real request under the same key.
+func TestIdempotencyFingerprintUsesTheMatchedPath(t *testing.T) {
+	ts := newTestServer(t)
+	org := ts.newOrg(t, 0, 0)
+	id := ts.conversationIn(t, org.APIKey, engine.StatusOpen)
+	if !strings.HasPrefix(id, "conv_0") {
+		t.Fatalf("conversation id %s does not start with conv_0", id)
+	}
+	encoded := "/conversations/conv_%30" + id[len("conv_0"):] + "/messages"
+	body := `{"text":"hi"}`
+	mustStatus(t, ts.do(t, "POST", encoded, org.APIKey, body, "Idempotency-Key", "encoded"), 404)
+	r := ts.do(t, "POST", "/conversations/"+id+"/messages", org.APIKey, body, "Idempotency-Key", "encoded")
+	if r.Header.Get("Idempotent-Replayed") != "" || r.Status != 422 || r.ErrorCode() != engine.CodeIdempotencyMismatch {
+		t.Fatalf("the real path under the key of an encoded one: %d %s (replayed %q), want 422 mismatch", r.Status, r.Body, r.Header.Get("Idempotent-Replayed"))
+	}
+}
+
+// Answers that can carry a secret (a visitor token, a replay of one) are never cacheable.
+func TestSecretsAreNotCacheable(t *testing.T) {
+	ts := newTestServer(t)
+	org := ts.newOrg(t, 0, 0)
+	for _, r := range []resp{
+		mustStatus(t, ts.do(t, "POST", "/conversations", org.APIKey, `{}`, "Idempotency-Key", "cache"), 201),
+		mustStatus(t, ts.do(t, "POST", "/conversations", org.APIKey, `{}`, "Idempotency-Key", "cache"), 201),
+		mustStatus(t, ts.do(t, "POST", "/widget/conversations", org.WidgetKey, `{}`), 201),
+	} {
+		if !strings.Contains(string(r.Body), `"visitor_token"`) || r.Header.Get("Cache-Control") != "no-store" {
+			t.Errorf("an answer with a visitor token has Cache-Control %q: %s", r.Header.Get("Cache-Control"), r.Body)
+		}
+	}
+}
