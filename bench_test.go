@@ -5,6 +5,8 @@ import (
 	"math"
 	"net"
 	"runtime"
+	"slices"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -57,3 +59,79 @@ func benchmarkPost(b *testing.B, withKey bool) {
 
 func BenchmarkPostMessageHTTP(b *testing.B)               { benchmarkPost(b, false) }
 func BenchmarkPostMessageHTTPIdempotencyKey(b *testing.B) { benchmarkPost(b, true) }
+
+// BenchmarkQuietOrgDuringFlood measures what one org's flood costs another: many clients of one
+// org post as fast as they can while one client of a second org posts one message at a time.
+// It reports the quiet org's latency percentiles and the flood's rate. With more flood clients
+// than a batch holds (1,024), a first-come queue would put the quiet org behind the whole backlog.
+func BenchmarkQuietOrgDuringFlood(b *testing.B) {
+	for _, clients := range []int{128, 1536} {
+		b.Run(fmt.Sprintf("flood=%d", clients), func(b *testing.B) { benchmarkQuietOrg(b, clients) })
+	}
+}
+
+func benchmarkQuietOrg(b *testing.B, floodClients int) {
+	ts := newTestServer(b)
+	flood, quiet := ts.newOrg(b, 0, 0), ts.newOrg(b, 0, 0)
+	floodConvs := make([]string, 32)
+	for i := range floodConvs {
+		floodConvs[i] = ts.conversationIn(b, flood.APIKey, engine.StatusOpen)
+	}
+	quietConv := ts.conversationIn(b, quiet.APIKey, engine.StatusOpen)
+	client := &fasthttp.HostClient{Addr: ts.URL[len("http://"):], MaxConns: floodClients + 16,
+		Dial: func(addr string) (net.Conn, error) { return net.Dial("tcp", addr) }}
+	post := func(key, conv string) error {
+		req, res := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+		defer fasthttp.ReleaseRequest(req)
+		defer fasthttp.ReleaseResponse(res)
+		req.Header.SetMethod("POST")
+		req.SetRequestURI(ts.URL + "/conversations/" + conv + "/messages")
+		req.Header.Set("Authorization", "Bearer "+key)
+		req.SetBodyString(`{"text":"a reply of ordinary length, about sixty-four characters"}`)
+		if err := client.Do(req, res); err != nil {
+			return err
+		}
+		if res.StatusCode() != 201 {
+			return fmt.Errorf("status %d", res.StatusCode())
+		}
+		return nil
+	}
+	stop := make(chan struct{})
+	var floodPosts, failures atomic.Int64
+	var wg sync.WaitGroup
+	for w := range floodClients {
+		wg.Go(func() {
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if post(flood.APIKey, floodConvs[(w+i)%len(floodConvs)]) != nil {
+					failures.Add(1)
+				}
+				floodPosts.Add(1)
+			}
+		})
+	}
+	latencies := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for range b.N {
+		start := time.Now()
+		if err := post(quiet.APIKey, quietConv); err != nil {
+			b.Fatal(err)
+		}
+		latencies = append(latencies, time.Since(start))
+	}
+	b.StopTimer()
+	close(stop)
+	wg.Wait()
+	if f := failures.Load(); f > 0 {
+		b.Fatalf("%d flood posts failed", f)
+	}
+	slices.Sort(latencies)
+	at := func(q float64) float64 { return float64(latencies[int(q*float64(len(latencies)-1))].Microseconds()) / 1000 }
+	b.ReportMetric(at(0.5), "quiet-p50-ms")
+	b.ReportMetric(at(0.99), "quiet-p99-ms")
+	b.ReportMetric(float64(floodPosts.Load())/b.Elapsed().Seconds(), "flood-posts/s")
+}
