@@ -36,7 +36,11 @@ import (
 //	idem      org id · idempotency key                        → IdempotencyRecord (binary, see idem.go);
 //	          keys of visitor and widget requests carry their own scope (see the HTTP layer)
 //	idem_time created_ms · org id · idempotency key            → empty: expiry order for the sweeper
+//	assets    org id · BLAKE3-256 of the bytes (32)          → Asset (JSON): the org's library
+//	blob_refs BLAKE3-256 of the bytes (32)                    → uint64: orgs whose library holds the
+//	          blob; the orphan sweeper deletes stored blobs without an entry
 //	meta      "count/" + status                               → uint64: conversations per status
+//	          "usage/" + org id                               → Usage (JSON): billed asset bytes and count
 //	          "schema"                                        → uint64: schemaVersion
 //	probe     "probe"                                         → probeSize zero bytes: the write that
 //	          tells a full disk from one with room again (its own bucket, so no other write rewrites it)
@@ -57,7 +61,9 @@ var (
 	bucketIdemTime = []byte("idem_time")
 	bucketMeta     = []byte("meta")
 	bucketProbe    = []byte("probe")
-	allBuckets     = [][]byte{bucketOrgs, bucketKeys, bucketConvs, bucketActivity, bucketMsgs, bucketEvents, bucketIdem, bucketIdemTime, bucketMeta, bucketProbe}
+	bucketAssets   = []byte("assets")
+	bucketBlobRefs = []byte("blob_refs")
+	allBuckets     = [][]byte{bucketOrgs, bucketKeys, bucketConvs, bucketActivity, bucketMsgs, bucketEvents, bucketIdem, bucketIdemTime, bucketMeta, bucketProbe, bucketAssets, bucketBlobRefs}
 )
 
 const anyStatus = 0xFF

@@ -125,6 +125,9 @@ func (db *DB) PostMessage(ctx context.Context, in NewMessage, idem *Idempotency)
 		if err := tx.putConversationJSON(rec, &old, convJSON); err != nil {
 			return err
 		}
+		if err := tx.putAssets(in.OrgID, attachments); err != nil {
+			return err
+		}
 		if idem == nil {
 			return nil
 		}
