@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"fmt"
 	"math"
+	"runtime/debug"
 	"strconv"
 	"time"
 
@@ -204,12 +206,25 @@ func (db *DB) oldestEventBefore(orgID string, cutoff time.Time) (bool, error) {
 }
 
 // sweepEvery runs fn now and then every interval until ctx ends. It is the one shape of every
-// background sweeper, so each exits with its owner's context.
-func sweepEvery(ctx context.Context, interval time.Duration, fn func(context.Context)) {
+// background sweeper, so each exits with its owner's context. A panic of fn (a bbolt assertion
+// on a damaged page) is recovered and handed to onPanic with its stack, and the next tick runs
+// again: a sweeper must neither crash the server nor die unseen.
+func sweepEvery(ctx context.Context, interval time.Duration, fn func(context.Context), onPanic func(error)) {
 	if interval <= 0 {
 		interval = time.Minute
 	}
-	fn(ctx)
+	// A page mapped past the end of a file truncated under a running server faults; as a panic
+	// it is recovered like any other.
+	debug.SetPanicOnFault(true)
+	tick := func() {
+		defer func() {
+			if r := recover(); r != nil {
+				onPanic(fmt.Errorf("sweeper panicked: %v\n%s", r, debug.Stack()))
+			}
+		}()
+		fn(ctx)
+	}
+	tick()
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -217,7 +232,7 @@ func sweepEvery(ctx context.Context, interval time.Duration, fn func(context.Con
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			fn(ctx)
+			tick()
 		}
 	}
 }

@@ -178,7 +178,8 @@ type Maintenance struct {
 	EventRetention time.Duration
 	IdempotencyTTL time.Duration
 	Every          time.Duration
-	// OnError reports a failed sweep; the next tick tries again.
+	// OnError reports a failed sweep, or a panicking one (with its stack); the next tick tries
+	// again.
 	OnError func(what string, err error)
 }
 
@@ -195,5 +196,5 @@ func (db *DB) RunMaintenance(ctx context.Context, m Maintenance) {
 		report("events", err)
 		_, err = db.PruneIdempotency(ctx, m.IdempotencyTTL)
 		report("idempotency keys", err)
-	})
+	}, func(err error) { report("maintenance", err) })
 }
