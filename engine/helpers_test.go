@@ -23,8 +23,10 @@ func openTestDB(tb testing.TB) *DB {
 	return openDBAt(tb, tb.TempDir())
 }
 
-// openDBAt opens the database in dir and closes it when the test ends. Closing twice is allowed,
-// so a test may close it earlier itself (to reopen the directory, or to test Close).
+// openDBAt opens the database in dir and, when the test ends, closes it and checks the file:
+// bbolt's page check and every invariant of the key layouts (Check), so every engine test also
+// proves it left a sound database. Closing twice is allowed, so a test may close it earlier
+// itself (to reopen the directory, or to test Close).
 func openDBAt(tb testing.TB, dir string) *DB {
 	tb.Helper()
 	db, err := Open(dir, Options{})
@@ -34,6 +36,13 @@ func openDBAt(tb testing.TB, dir string) *DB {
 	tb.Cleanup(func() {
 		if err := db.Close(); err != nil {
 			tb.Errorf("close: %v", err)
+		}
+		problems, err := CheckDir(dir, time.Second)
+		if err != nil {
+			tb.Errorf("check: %v", err)
+		}
+		for _, p := range problems {
+			tb.Errorf("check: %v", p)
 		}
 	})
 	return db
