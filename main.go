@@ -1,6 +1,6 @@
 // Command awardee is a self-hosted chat-support server: one binary, one bbolt file, one node.
 //
-// Subcommands: serve, org create, org update, key create, backup. Every flag also reads its
+// Subcommands: serve, org create, org update, key create, backup, check. Every flag also reads its
 // AWARDEE_<FLAG> environment variable.
 package main
 
@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -27,6 +28,7 @@ const usage = `usage:
   awardee org update --data DIR --org ORG_ID [--rate R] [--burst B]
   awardee key create --data DIR --org ORG_ID [--name NAME]
   awardee backup --data DIR OUT
+  awardee check --data DIR
   awardee bench --url http://127.0.0.1:8080 --key ak_… [--concurrency 64] [--requests 50000] [--duration 30s]
 Run "awardee <command> -h" for a command's flags.
 `
@@ -59,6 +61,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		}
 	case "backup":
 		return backupCommand(rest, stdout)
+	case "check":
+		return checkCommand(rest, stdout)
 	case "bench":
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 		defer stop()
@@ -216,4 +220,36 @@ func backupCommand(args []string, stdout io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "backup written to %s\n", fs.Arg(0))
 	return nil
+}
+
+// checkCommand verifies a stopped server's database without changing it: bbolt's page check and
+// the engine's invariants. It prints "ok", or every problem and fails.
+func checkCommand(args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("check", flag.ContinueOnError)
+	dir := fs.String("data", "", "data directory")
+	if err := parseWithEnv(fs, args); err != nil {
+		return err
+	}
+	if *dir == "" {
+		return errors.New("--data is required")
+	}
+	problems, err := engine.CheckDir(*dir, time.Second)
+	if errors.Is(err, engine.ErrLocked) {
+		return fmt.Errorf("%w; stop the server first", err)
+	}
+	if err != nil {
+		return err
+	}
+	if len(problems) == 0 {
+		fmt.Fprintln(stdout, "ok")
+		return nil
+	}
+	for _, p := range problems {
+		fmt.Fprintln(stdout, p)
+	}
+	found := fmt.Sprintf("%d problems", len(problems))
+	if len(problems) == 1 {
+		found = "a problem"
+	}
+	return fmt.Errorf("%s has %s; restore the last backup into a new data directory", filepath.Join(*dir, engine.DatabaseFile), found)
 }

@@ -55,8 +55,9 @@ func CheckDir(dir string, lockTimeout time.Duration) ([]error, error) {
 		return nil, err
 	}
 	b, err := openBolt(path, lockTimeout, false)
-	if errors.Is(err, ErrDamaged) {
-		return []error{err}, nil
+	var damage *damageError
+	if errors.As(err, &damage) {
+		return []error{fmt.Errorf("%s: %s", ErrDamaged, damage.reason)}, nil
 	}
 	if err != nil {
 		return nil, err
