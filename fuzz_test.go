@@ -94,7 +94,7 @@ func FuzzDecodeMessageBody(f *testing.F) {
 func FuzzRouter(f *testing.F) {
 	ts := newTestServer(f)
 	org := ts.newOrg(f, 0, 0)
-	conv, vt := ts.createConversation(f, org.APIKey, engine.StatusBotActive)
+	conv, vt := ts.newConversation(f, org.APIKey, engine.StatusBotActive)
 	handler := ts.http.Handler
 	const (
 		authNone = iota
@@ -246,7 +246,11 @@ func checkRouterAnswer(t *testing.T, ctx *fasthttp.RequestCtx) {
 	_, hasConv := obj["conversation"]
 	_, hasToken := obj["visitor_token"]
 	var id string
-	json.Unmarshal(obj["id"], &id)
+	if raw, ok := obj["id"]; ok {
+		if err := json.Unmarshal(raw, &id); err != nil {
+			t.Fatalf("%s: id is not a string: %s", what, body)
+		}
+	}
 	switch {
 	case hasData && hasCursor: // a list page
 		var page struct {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/awardee/awardee/engine"
+	"github.com/awardee/awardee/internal/testkit"
 )
 
 var (
@@ -42,7 +43,7 @@ func TestOrgRateWindow(t *testing.T) {
 	convsBefore, _ := ts.db.CountByStatus()
 	commitsBefore := ts.db.CommitStats()
 	refused := mustStatus(t, ts.do(t, "POST", "/conversations", org.APIKey, `{}`), 429)
-	if refused.ErrorCode() != engine.CodeRateLimited {
+	if refused.ErrorCode(t) != engine.CodeRateLimited {
 		t.Fatalf("429 body %s", refused.Body)
 	}
 	retry, err := strconv.Atoi(refused.Header.Get("Retry-After"))
@@ -63,7 +64,7 @@ func TestOrgRateWindow(t *testing.T) {
 
 	// After waiting Retry-After seconds, the next request goes through.
 	until := time.Now().Add(time.Duration(retry) * time.Second)
-	waitFor(t, time.Duration(retry+5)*time.Second, "Retry-After to pass", func() bool { return time.Now().After(until) })
+	testkit.WaitFor(t, "Retry-After to pass", func() bool { return time.Now().After(until) })
 	mustStatus(t, ts.do(t, "POST", "/conversations", org.APIKey, `{}`), 201)
 }
 
@@ -88,7 +89,7 @@ func TestRateWindowIsSharedByAnOrgsKeys(t *testing.T) {
 func TestNoisyVisitorCannotStarveTheTeam(t *testing.T) {
 	ts := newTestServer(t)
 	org := ts.newOrg(t, 1, 3)
-	convID, token := ts.createConversation(t, org.APIKey, engine.StatusOpen) // spends 1 of the org's 3
+	convID, token := ts.newConversation(t, org.APIKey, engine.StatusOpen) // spends 1 of the org's 3
 	path := "/widget/conversations/" + convID
 	refused := false
 	for range visitorBurst + 1 {

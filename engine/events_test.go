@@ -7,6 +7,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/awardee/awardee/internal/testkit"
 )
 
 // appendTestEvents appends n events to orgID's log in one unit and returns the creation time of
@@ -75,7 +77,7 @@ func TestEventOffsetsPerOrg(t *testing.T) {
 		}
 	}
 	close(gate)
-	waitAll(t, "all writers", &wg)
+	testkit.WaitAll(t, "all writers", &wg)
 
 	for _, o := range []struct {
 		name   string
@@ -323,7 +325,7 @@ func TestPruneIdempotencyKeepsRewrittenKey(t *testing.T) {
 			return tx.putIdempotency(org.OrgID, fresh, 201, []byte(`{"again":true}`))
 		})
 	}()
-	recv(t, "the rewriting unit to start", entered)
+	testkit.Recv(t, "the rewriting unit to start", entered)
 
 	type result struct {
 		n   int
@@ -335,12 +337,12 @@ func TestPruneIdempotencyKeepsRewrittenKey(t *testing.T) {
 		pruned <- result{n, err}
 	}()
 	// The pruner's delete unit in the queue means its scan saw the old record.
-	waitFor(t, "the pruner's delete unit", func() bool { return db.Queued() == 1 })
+	testkit.WaitFor(t, "the pruner's delete unit", func() bool { return db.Queued() == 1 })
 	release()
-	if err := recv(t, "the rewrite", rewritten); err != nil {
+	if err := testkit.Recv(t, "the rewrite", rewritten); err != nil {
 		t.Fatal(err)
 	}
-	res := recv(t, "the pruner", pruned)
+	res := testkit.Recv(t, "the pruner", pruned)
 	if res.err != nil || res.n != 0 {
 		t.Errorf("pruner removed %d (%v), want 0: the record was rewritten before its delete", res.n, res.err)
 	}
@@ -437,13 +439,13 @@ func TestRunMaintenanceStopsOnCancel(t *testing.T) {
 			}()
 			if !c.preCancel {
 				// The first sweep runs at once: both the events and the key go.
-				waitFor(t, "the first sweep", func() bool {
+				testkit.WaitFor(t, "the first sweep", func() bool {
 					oldest, _, err := db.LogBounds(org.OrgID)
 					return err == nil && oldest == 0 && !idemExists(t, db, org.OrgID, "k")
 				})
 				cancel()
 			}
-			recv(t, "RunMaintenance to return after cancel", done)
+			testkit.Recv(t, "RunMaintenance to return after cancel", done)
 			wantOldest := uint64(0) // pruned by the first sweep
 			if c.preCancel {
 				wantOldest = 1 // a sweep that starts cancelled deletes nothing

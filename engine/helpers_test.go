@@ -5,17 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"reflect"
-	"sync"
 	"testing"
 	"time"
 )
 
 // Shared helpers of the engine's tests. Every test works on a real bbolt file in its own temporary
 // directory: the commit loop, fsync and key layouts are what is under test, so nothing is mocked.
-
-// waitTimeout bounds every wait of the suite; it is generous because the race detector on two
-// cores slows fsync-bound work down a lot, and it is only ever reached when a test fails.
-const waitTimeout = 20 * time.Second
 
 // openTestDB opens a fresh database in a temporary directory and closes it when the test ends.
 func openTestDB(tb testing.TB) *DB {
@@ -58,26 +53,19 @@ func newTestOrg(tb testing.TB, db *DB) CreatedOrg {
 	return org
 }
 
-// newConv creates a conversation in status s. Only bot_active, agent_requested and open can be
-// created directly; the finished statuses are reached through the shortest allowed PATCH path.
+// newConv creates a conversation in status s, reached through the shortest allowed PATCH path
+// (PathTo) when it cannot be opened in it.
 func newConv(tb testing.TB, db *DB, orgID string, s Status) Conversation {
 	tb.Helper()
-	create := s
-	if !creatableStatus(s) {
-		create = StatusOpen
+	create, path, ok := PathTo(s)
+	if !ok {
+		tb.Fatalf("set-up: no path to status %s", s)
 	}
 	created, err := db.CreateConversation(context.Background(), orgID, NewConversation{Status: create}, nil)
 	if err != nil {
 		tb.Fatalf("create conversation: %v", err)
 	}
 	c := created.Conversation
-	var path []Status
-	switch s {
-	case StatusResolved, StatusClosed:
-		path = []Status{s}
-	case StatusArchived:
-		path = []Status{StatusResolved, StatusArchived}
-	}
 	for _, next := range path {
 		c = patchStatus(tb, db, orgID, c.ID, next)
 	}
@@ -205,33 +193,6 @@ func wantDetails(tb testing.TB, e *Error, want map[string]any) {
 	}
 }
 
-// waitFor polls cond until it holds and fails the test at the deadline. It is only for states
-// that offer no channel to wait on, such as a unit sitting in the commit queue.
-func waitFor(tb testing.TB, what string, cond func() bool) {
-	tb.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	tick := time.NewTicker(100 * time.Microsecond)
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			tb.Fatalf("timed out waiting for %s", what)
-		}
-		<-tick.C
-	}
-}
-
-// recv waits for one value from ch and fails the test at the deadline.
-func recv[T any](tb testing.TB, what string, ch <-chan T) T {
-	tb.Helper()
-	select {
-	case v := <-ch:
-		return v
-	case <-time.After(waitTimeout):
-		tb.Fatalf("timed out waiting for %s", what)
-		panic("unreachable")
-	}
-}
-
 // waitNextMilli returns once Now() is past t. Times carry milliseconds, so two writes that must
 // be told apart by their time (activity order, pruning cutoffs) need a clock tick between them;
 // this waits for the tick itself rather than sleeping for a guessed duration.
@@ -241,15 +202,4 @@ func waitNextMilli(t Time) Time {
 			return now
 		}
 	}
-}
-
-// waitAll waits for wg with a deadline, so a lost answer fails the test instead of hanging it.
-func waitAll(tb testing.TB, what string, wg *sync.WaitGroup) {
-	tb.Helper()
-	done := make(chan struct{})
-	go func() {
-		wg.Wait()
-		close(done)
-	}()
-	recv(tb, what, done)
 }

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/awardee/awardee/internal/testkit"
 )
 
 // TestSweeperSurvivesADamagedPage zeroes the pages of an open database under it, as a failing
@@ -49,12 +51,12 @@ func TestSweeperSurvivesADamagedPage(t *testing.T) {
 				}
 			}})
 	}()
-	first := recv(t, "the first sweep's report", reports)
+	first := testkit.Recv(t, "the first sweep's report", reports)
 	if !strings.Contains(first.Error(), "sweeper panicked") || !strings.Contains(first.Error(), "sweepEvery") {
 		t.Fatalf("report %q, want the recovered panic with its stack", first)
 	}
-	recv(t, "a second sweep after the panic", reports)
+	testkit.Recv(t, "a second sweep after the panic", reports)
 	cancel()
-	recv(t, "the sweeper to stop", stopped)
+	testkit.Recv(t, "the sweeper to stop", stopped)
 	db.Close()
 }
