@@ -20,40 +20,67 @@ import (
 	"github.com/awardee/awardee/internal/testkit"
 )
 
-// TestMain removes the binary that awardeeBinary built, if any.
+// TestMain removes the binaries that awardeeBinary built, if any.
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if buildOnce.path != "" {
-		os.RemoveAll(filepath.Dir(buildOnce.path))
+	builds.mu.Lock()
+	for _, b := range builds.byTags {
+		if b.path != "" {
+			os.RemoveAll(filepath.Dir(b.path))
+		}
 	}
+	builds.mu.Unlock()
 	os.Exit(code)
 }
 
-// buildBinary compiles the real awardee binary once per test run.
-var buildOnce struct {
-	sync.Once
+// builds holds the binaries compiled by this test run, one per set of build tags.
+var builds struct {
+	mu     sync.Mutex
+	byTags map[string]*build
+}
+
+type build struct {
+	once sync.Once
 	path string
 	err  error
 }
 
+// awardeeBinary compiles the real awardee binary once per test run.
 func awardeeBinary(t *testing.T) string {
 	t.Helper()
-	buildOnce.Do(func() {
+	return awardeeBinaryTagged(t, "")
+}
+
+// awardeeBinaryTagged compiles the binary with the given build tags (comma-separated), once per
+// test run and set of tags.
+func awardeeBinaryTagged(t *testing.T, tags string) string {
+	t.Helper()
+	builds.mu.Lock()
+	if builds.byTags == nil {
+		builds.byTags = map[string]*build{}
+	}
+	b := builds.byTags[tags]
+	if b == nil {
+		b = &build{}
+		builds.byTags[tags] = b
+	}
+	builds.mu.Unlock()
+	b.once.Do(func() {
 		dir, err := os.MkdirTemp("", "awardee-bin")
 		if err != nil {
-			buildOnce.err = err
+			b.err = err
 			return
 		}
-		buildOnce.path = filepath.Join(dir, "awardee")
-		out, err := exec.Command("go", "build", "-o", buildOnce.path, ".").CombinedOutput()
+		b.path = filepath.Join(dir, "awardee")
+		out, err := exec.Command("go", "build", "-tags", tags, "-o", b.path, ".").CombinedOutput()
 		if err != nil {
-			buildOnce.err = fmt.Errorf("go build: %v: %s", err, out)
+			b.err = fmt.Errorf("go build -tags %q: %v: %s", tags, err, out)
 		}
 	})
-	if buildOnce.err != nil {
-		t.Fatal(buildOnce.err)
+	if b.err != nil {
+		t.Fatal(b.err)
 	}
-	return buildOnce.path
+	return b.path
 }
 
 // process is the built binary serving a data directory, as an operator runs it, and a client
