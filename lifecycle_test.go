@@ -301,6 +301,7 @@ func TestOfflineCommandRefusesWhileServing(t *testing.T) {
 		{"org", "create", "--data", ts.dir, "--name", "x"},
 		{"key", "create", "--data", ts.dir, "--org", "org_01M899DMSHP81E40S97M25T4G2"},
 		{"backup", "--data", ts.dir, filepath.Join(t.TempDir(), "b.db")},
+		{"check", "--data", ts.dir},
 	} {
 		start := time.Now()
 		err := run(args, io.Discard, io.Discard)
