@@ -19,7 +19,7 @@ import (
 // maxProblems bounds what one check reports: a badly damaged file would otherwise list every row.
 const maxProblems = 100
 
-var (
+const (
 	orgIDLen  = len(PrefixOrg) + ulid.EncodedSize
 	convIDLen = len(PrefixConversation) + ulid.EncodedSize
 )

@@ -215,7 +215,7 @@ func sweepEvery(ctx context.Context, interval time.Duration, fn func(context.Con
 	}
 	// A page mapped past the end of a file truncated under a running server faults; as a panic
 	// it is recovered like any other.
-	debug.SetPanicOnFault(true)
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	tick := func() {
 		defer func() {
 			if r := recover(); r != nil {
