@@ -27,7 +27,7 @@ import (
 const durabilityPosts = 50
 
 func TestEvery201FollowsAnFsync(t *testing.T) {
-	report := traceSequentialPosts(t, awardeeBinary(t))
+	report := traceSequentialPosts(t, "")
 	if len(report.violations) > 0 {
 		t.Fatalf("%d of %d answers of 201 were sent before their write was fsync'd; first: %s",
 			len(report.violations), report.responses, report.violations[0])
@@ -40,7 +40,7 @@ func TestEvery201FollowsAnFsync(t *testing.T) {
 // fsync (the awardee_nosync tag): the check must report the answers sent before their fsync, or
 // it proves nothing.
 func TestDurabilityCheckSeesMissingFsync(t *testing.T) {
-	report := traceSequentialPosts(t, awardeeBinaryTagged(t, "awardee_nosync"))
+	report := traceSequentialPosts(t, "awardee_nosync")
 	if len(report.violations) < report.responses/2 {
 		t.Fatalf("with fsync switched off, only %d of %d answers of 201 were reported", len(report.violations), report.responses)
 	}
@@ -61,11 +61,12 @@ func requireStrace(t *testing.T) string {
 	return ""
 }
 
-// traceSequentialPosts serves a fresh data directory with bin under strace, posts
-// durabilityPosts messages one at a time, stops the server and checks the trace.
-func traceSequentialPosts(t *testing.T, bin string) durabilityReport {
+// traceSequentialPosts serves a fresh data directory under strace with the binary built with
+// tags, posts durabilityPosts messages one at a time, stops the server and checks the trace.
+func traceSequentialPosts(t *testing.T, tags string) durabilityReport {
 	t.Helper()
 	strace := requireStrace(t)
+	bin := awardeeBinaryTagged(t, tags)
 	dir := t.TempDir()
 	key := createOrgCLI(t, dir).APIKey
 	tracePath := filepath.Join(t.TempDir(), "trace")
