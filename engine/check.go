@@ -3,6 +3,7 @@ package engine
 import (
 	"bytes"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -281,6 +282,64 @@ func checkInvariants(btx *bolt.Tx, p *problemList) {
 
 	checkEvents(events, orgIDs, p)
 	checkIdempotency(idem, idemTime, p)
+	if assets, refs := btx.Bucket(bucketAssets), btx.Bucket(bucketBlobRefs); assets != nil && refs != nil {
+		checkAssets(assets, refs, meta, orgIDs, p)
+	}
+}
+
+// checkAssets verifies that each org's usage is the sum of its library, and that each blob's
+// reference count is the number of orgs whose library holds it.
+func checkAssets(assets, refs, meta *bolt.Bucket, orgIDs map[string]bool, p *problemList) {
+	usage := map[string]Usage{}
+	holders := map[string]uint64{} // blob hash → orgs holding it
+	assets.ForEach(func(k, v []byte) error {
+		if len(k) != orgIDLen+32 {
+			p.add("assets: key %x has the wrong length", k)
+			return nil
+		}
+		orgID, hash := string(k[:orgIDLen]), k[orgIDLen:]
+		var a Asset
+		if err := json.Unmarshal(v, &a); err != nil {
+			p.add("assets: %s of org %s does not decode: %v", hex.EncodeToString(hash), orgID, err)
+			return nil
+		}
+		if a.Hash != hex.EncodeToString(hash) {
+			p.add("assets: key %s of org %s holds asset %s", hex.EncodeToString(hash), orgID, a.Hash)
+		}
+		if !orgIDs[orgID] {
+			p.add("assets: asset %s belongs to a missing org %s", a.Hash, orgID)
+		}
+		u := usage[orgID]
+		u.AssetBytes += a.Size
+		u.AssetCount++
+		usage[orgID] = u
+		holders[string(hash)]++
+		return nil
+	})
+	for orgID := range orgIDs {
+		var stored Usage
+		if raw := meta.Get(usageKey(orgID)); raw != nil {
+			if err := json.Unmarshal(raw, &stored); err != nil {
+				p.add("meta: usage of org %s does not decode: %v", orgID, err)
+				continue
+			}
+		}
+		if stored != usage[orgID] {
+			p.add("meta: usage of org %s is %+v but its library holds %+v", orgID, stored, usage[orgID])
+		}
+	}
+	refs.ForEach(func(k, v []byte) error {
+		if len(v) != 8 {
+			p.add("blob_refs: count of %x is %d bytes, not 8", k, len(v))
+		} else if n := binary.BigEndian.Uint64(v); n != holders[string(k)] {
+			p.add("blob_refs: blob %x counts %d orgs but %d libraries hold it", k, n, holders[string(k)])
+		}
+		delete(holders, string(k))
+		return nil
+	})
+	for hash, n := range holders {
+		p.add("blob_refs: blob %x is held by %d libraries but has no count", hash, n)
+	}
 }
 
 // checkMessages verifies that every conversation's messages are numbered 1..last_seq with no gap

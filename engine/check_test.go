@@ -29,6 +29,9 @@ func TestCheckReportsEachBrokenInvariant(t *testing.T) {
 	if _, err := db.PostMessage(context.Background(), NewMessage{OrgID: org.OrgID, ConversationID: conv.ID, Author: AuthorAgent, APIKeyID: "key_test", Text: "keyed"}, idem); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := db.PostMessage(context.Background(), NewMessage{OrgID: org.OrgID, ConversationID: conv.ID, Author: AuthorAgent, APIKeyID: "key_test", Attachments: []Attachment{testAttachment(1, 1000)}}, nil); err != nil {
+		t.Fatal(err)
+	}
 	if problems := db.Check(); len(problems) > 0 {
 		t.Fatalf("a sound database, checked while open: %v", problems)
 	}
@@ -74,8 +77,8 @@ func TestCheckReportsEachBrokenInvariant(t *testing.T) {
 			return tx.Bucket(bucketMsgs).Delete(join([]byte(conv.ID), u64(2)))
 		}, "has message 3 where 2 was due"},
 		{"last_seq beyond the messages", func(tx *bolt.Tx) error {
-			return tx.Bucket(bucketMsgs).Delete(join([]byte(conv.ID), u64(4)))
-		}, "has last_seq 4 but its messages end at 3"},
+			return tx.Bucket(bucketMsgs).Delete(join([]byte(conv.ID), u64(5)))
+		}, "has last_seq 5 but its messages end at 4"},
 		{"visitor token of a missing conversation", func(tx *bolt.Tx) error {
 			ghost := newID(PrefixConversation)
 			return putJSON(tx.Bucket(bucketKeys), []byte("some hash"), Principal{KeyID: "key_x", OrgID: org.OrgID, Kind: KeyVisitor, ConversationID: ghost})
@@ -84,6 +87,13 @@ func TestCheckReportsEachBrokenInvariant(t *testing.T) {
 			log := tx.Bucket(bucketEvents).Bucket([]byte(org.OrgID))
 			return log.Put(u64(log.Sequence()+1), log.Get(u64(1)))
 		}, "holds offset 1"},
+		{"usage that is not the library's sum", func(tx *bolt.Tx) error {
+			return putJSON(tx.Bucket(bucketMeta), usageKey(org.OrgID), Usage{AssetBytes: 1, AssetCount: 1})
+		}, "meta: usage of org " + org.OrgID + " is {AssetBytes:1 AssetCount:1} but its library holds {AssetBytes:1000 AssetCount:1}"},
+		{"blob counted for more orgs than hold it", func(tx *bolt.Tx) error {
+			k, _ := tx.Bucket(bucketBlobRefs).Cursor().First()
+			return tx.Bucket(bucketBlobRefs).Put(k, u64(2))
+		}, "counts 2 orgs but 1 libraries hold it"},
 		{"idempotency record without its expiry entry", func(tx *bolt.Tx) error {
 			k, _ := tx.Bucket(bucketIdemTime).Cursor().First()
 			return tx.Bucket(bucketIdemTime).Delete(k)
