@@ -161,26 +161,23 @@ func TestPruneEvents(t *testing.T) {
 	const bulk = 2*pruneChunk + 200 // enough to need three pruning units
 	cases := []struct {
 		name       string
-		cutoff     func(firstBatch Time) time.Time
+		cutoff     func(clock *testClock) time.Time
 		split      bool // a second batch is appended after the cutoff
 		wantPruned int
 		wantOldest uint64
 	}{
-		{"future cutoff removes all", func(Time) time.Time { return time.Now().Add(time.Hour) }, false, bulk + 3, 0},
-		{"past cutoff removes none", func(Time) time.Time { return time.Now().Add(-time.Hour) }, false, 0, 1},
-		{"cutoff between two batches", func(last Time) time.Time { return waitNextMilli(last).Time }, true, bulk + 3, bulk + 1},
+		{"future cutoff removes all", func(c *testClock) time.Time { return c.Now().Add(time.Hour) }, false, bulk + 3, 0},
+		{"past cutoff removes none", func(c *testClock) time.Time { return c.Now().Add(-time.Hour) }, false, 0, 1},
+		{"cutoff between two batches", func(c *testClock) time.Time { c.Advance(time.Millisecond); return c.Now().Truncate(time.Millisecond) }, true, bulk + 3, bulk + 1},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			db := openTestDB(t)
+			db, clock := openClockedDB(t)
 			org := newTestOrg(t, db)
 			other := newTestOrg(t, db)
-			last := appendTestEvents(t, db, org.OrgID, bulk)
-			otherLast := appendTestEvents(t, db, other.OrgID, 3)
-			if otherLast.After(last.Time) {
-				last = otherLast
-			}
-			cutoff := c.cutoff(last)
+			appendTestEvents(t, db, org.OrgID, bulk)
+			appendTestEvents(t, db, other.OrgID, 3)
+			cutoff := c.cutoff(clock)
 			latest := uint64(bulk)
 			if c.split {
 				appendTestEvents(t, db, org.OrgID, 5)
@@ -417,11 +414,11 @@ func TestRunMaintenanceStopsOnCancel(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			db := openTestDB(t)
+			db, clock := openClockedDB(t)
 			org := newTestOrg(t, db)
 			last := appendTestEvents(t, db, org.OrgID, 3)
 			putIdemAt(t, db, org.OrgID, map[string]time.Time{"k": last.Time})
-			waitNextMilli(last) // so a zero retention puts every record before the cutoff
+			clock.Advance(time.Millisecond) // so a zero retention puts every record before the cutoff
 
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()

@@ -298,9 +298,9 @@ func TestPluginBuckets(t *testing.T) {
 // A resume position beyond the latest offset is refused; one whose following events were pruned
 // asks for a resync; any other replays exactly.
 func TestResumeFrom(t *testing.T) {
-	db := openTestDB(t)
+	db, clock := openClockedDB(t)
 	org := newTestOrg(t, db)
-	last := appendTestEvents(t, db, org.OrgID, 5)
+	appendTestEvents(t, db, org.OrgID, 5)
 	for _, after := range []uint64{0, 3, 5} {
 		if resync, err := db.ResumeFrom(org.OrgID, after); err != nil || resync {
 			t.Errorf("resume after %d = %v, %v; want a plain replay", after, resync, err)
@@ -309,7 +309,8 @@ func TestResumeFrom(t *testing.T) {
 	_, err := db.ResumeFrom(org.OrgID, 6)
 	wantCode(t, err, CodeValidation)
 
-	if _, err := db.PruneEvents(context.Background(), waitNextMilli(last).Time); err != nil {
+	clock.Advance(time.Millisecond)
+	if _, err := db.PruneEvents(context.Background(), clock.Now().Truncate(time.Millisecond)); err != nil {
 		t.Fatal(err)
 	}
 	appendTestEvents(t, db, org.OrgID, 1)

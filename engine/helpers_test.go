@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"reflect"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -24,7 +25,32 @@ func openTestDB(tb testing.TB) *DB {
 // itself (to reopen the directory, or to test Close).
 func openDBAt(tb testing.TB, dir string) *DB {
 	tb.Helper()
-	db, err := Open(dir, Options{})
+	db, _ := openClockedDBAt(tb, dir)
+	return db
+}
+
+// openClockedDB is openTestDB that also hands back the database's clock, for tests that need
+// time to pass between two writes.
+func openClockedDB(tb testing.TB) (*DB, *testClock) {
+	tb.Helper()
+	return openClockedDBAt(tb, tb.TempDir())
+}
+
+// testClock is the engine's clock in every test: the real time plus an offset the test moves, so
+// a test that needs time to pass (activity order, pruning cutoffs, expiry) steps it instead of
+// waiting for it.
+type testClock struct{ offset atomic.Int64 }
+
+func (c *testClock) Now() time.Time { return time.Now().Add(time.Duration(c.offset.Load())) }
+
+// Advance moves the clock forward by d; times carry milliseconds, so a millisecond is enough to
+// tell two writes apart.
+func (c *testClock) Advance(d time.Duration) { c.offset.Add(int64(d)) }
+
+func openClockedDBAt(tb testing.TB, dir string) (*DB, *testClock) {
+	tb.Helper()
+	clock := &testClock{}
+	db, err := Open(dir, Options{Now: clock.Now})
 	if err != nil {
 		tb.Fatalf("open %s: %v", dir, err)
 	}
@@ -40,7 +66,7 @@ func openDBAt(tb testing.TB, dir string) *DB {
 			tb.Errorf("check: %v", p)
 		}
 	})
-	return db
+	return db, clock
 }
 
 // newTestOrg creates an org whose initial status is open.
@@ -190,16 +216,5 @@ func wantDetails(tb testing.TB, e *Error, want map[string]any) {
 	tb.Helper()
 	if !reflect.DeepEqual(e.Details, want) {
 		tb.Fatalf("details = %#v, want %#v", e.Details, want)
-	}
-}
-
-// waitNextMilli returns once Now() is past t. Times carry milliseconds, so two writes that must
-// be told apart by their time (activity order, pruning cutoffs) need a clock tick between them;
-// this waits for the tick itself rather than sleeping for a guessed duration.
-func waitNextMilli(t Time) Time {
-	for {
-		if now := Now(); now.After(t.Time) {
-			return now
-		}
 	}
 }

@@ -10,10 +10,6 @@ type Time struct{ time.Time }
 
 const timeLayout = "2006-01-02T15:04:05.000Z"
 
-// Now returns the current time truncated to what the wire format can carry, so a stored value and
-// its rendering never disagree.
-func Now() Time { return Time{time.Now().UTC().Truncate(time.Millisecond)} }
-
 func (t Time) MarshalJSON() ([]byte, error) {
 	b := make([]byte, 0, len(timeLayout)+2)
 	b = append(b, '"')
