@@ -54,6 +54,17 @@ func (m *metrics) observe(route string, ctx *fasthttp.RequestCtx, start time.Tim
 
 func (m *metrics) messagePosted(source string) { m.messages.WithLabelValues(source).Inc() }
 
+// watchConnections exports the listener's counters.
+func (m *metrics) watchConnections(c *connStats) {
+	m.registry.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "awardee_http_open_connections", Help: "Client connections open now."},
+			func() float64 { return float64(c.open.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "awardee_http_connections_refused_total", Help: "Connections closed on accept because their address held --max-conns-per-ip already."},
+			func() float64 { return float64(c.refusedPerAddr.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "awardee_http_accept_retries_total", Help: "Accepts that failed for lack of descriptors or memory and were retried after a pause."},
+			func() float64 { return float64(c.acceptRetries.Load()) }))
+}
+
 func (m *metrics) handler() fasthttp.RequestHandler {
 	h := fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{}))
 	return func(ctx *fasthttp.RequestCtx) {
