@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"syscall"
@@ -76,15 +77,25 @@ func serveCommand(args []string, stdout, stderr io.Writer) error {
 	if err := parseWithEnv(newServeFlagSet(&cfg), args); err != nil {
 		return err
 	}
+	if err := cfg.validate(); err != nil {
+		return err
+	}
 	logger := slog.New(slog.NewTextHandler(stderr, nil))
+	// Bind before anything else: the first start creates org "default" and prints its secrets
+	// once, and a start that cannot have its address must neither lose them nor create the org.
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return err
+	}
 	srv, err := newServer(cfg, logger, stdout)
 	if err != nil {
+		ln.Close()
 		return err
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	errc := make(chan error, 1)
-	go func() { errc <- srv.ListenAndServe() }()
+	go func() { errc <- srv.Serve(ln) }()
 	select {
 	case err := <-errc:
 		srv.Close(context.Background())

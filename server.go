@@ -62,7 +62,8 @@ type server struct {
 }
 
 // newServer opens the database, creates org "default" on an empty one (printing its secrets once
-// to out) and starts the background sweepers. It does not listen yet.
+// to out) and starts the background sweepers. It does not listen: the caller binds its listener
+// first, so that a start that cannot have its address creates no org and prints no secret.
 func newServer(cfg Config, log *slog.Logger, out io.Writer) (*server, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
@@ -128,16 +129,6 @@ func (s *server) bootstrap(out io.Writer) error {
 	fmt.Fprintf(out, "Created org \"default\" (%s). Its secrets are shown only this once:\n  API key:    %s\n  widget key: %s\n",
 		created.OrgID, created.APIKey, created.WidgetKey)
 	return nil
-}
-
-// ListenAndServe listens on cfg.Addr and serves until Close.
-func (s *server) ListenAndServe() error {
-	ln, err := net.Listen("tcp", s.cfg.Addr)
-	if err != nil {
-		s.Close(context.Background())
-		return err
-	}
-	return s.Serve(ln)
 }
 
 // Serve serves on ln until Close, holding at most s.maxConns connections (see limitListener).

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -18,6 +19,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/awardee/awardee/engine"
 )
 
 // startServe runs the built binary with argv (a prefix such as prlimit, then serve's flags after
@@ -403,5 +406,37 @@ func TestConnectionCap(t *testing.T) {
 		if got := connectionCap(tc.requested, tc.limit); got != tc.want {
 			t.Errorf("connectionCap(%d, %d) = %d, want %d", tc.requested, tc.limit, got, tc.want)
 		}
+	}
+}
+
+// TestBusyPortKeepsTheFirstSecrets: a first start that cannot bind prints no secret and creates
+// no org, so the start that succeeds later prints keys that work.
+func TestBusyPortKeepsTheFirstSecrets(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	dir := t.TempDir()
+	var stdout, stderr bytes.Buffer
+	cmd := exec.Command(awardeeBinary(t), "serve", "--addr", busy.Addr().String(), "--data", dir)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err == nil {
+		t.Fatal("serve on a busy port exited 0")
+	}
+	if !strings.Contains(stderr.String(), "address already in use") {
+		t.Fatalf("the failure does not say why: %s", stderr.String())
+	}
+	if strings.Contains(stdout.String(), "ak_") || strings.Contains(stdout.String(), "wk_") {
+		t.Fatalf("a start that could not bind printed secrets: %q", stdout.String())
+	}
+	if _, err := os.Stat(filepath.Join(dir, engine.DatabaseFile)); err == nil {
+		t.Fatal("a start that could not bind created the database")
+	}
+	p := startProcess(t, dir)
+	key := apiKeyOf(t, p)
+	client := &http.Client{Timeout: 5 * time.Second}
+	if status, raw, err := post(client, p.URL+"/conversations", key, `{}`); err != nil || status != 201 {
+		t.Fatalf("the printed key does not work: %d %v %s", status, err, raw)
 	}
 }
