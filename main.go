@@ -92,21 +92,36 @@ func serveCommand(args []string, stdout, stderr io.Writer) error {
 		ln.Close()
 		return err
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
+	signals := make(chan os.Signal, 2)
+	signal.Notify(signals, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(signals)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {
 	case err := <-errc:
 		srv.Close(context.Background())
 		return err
-	case <-ctx.Done():
+	case sig := <-signals:
+		logger.Info("shutting down: draining requests", "signal", sig.String(), "timeout", cfg.ShutdownTimeout)
 	}
-	logger.Info("shutting down: draining requests")
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
-	if err := srv.Close(shutdownCtx); err != nil {
-		return err
+	closed := make(chan error, 1)
+	go func() { closed <- srv.Close(shutdownCtx) }()
+	select {
+	case sig := <-signals:
+		// The operator asked twice: stop now. Every acknowledged write is already fsync'd; what
+		// is still in flight was never acknowledged.
+		logger.Error("second signal during the drain: stopping at once", "signal", sig.String())
+		return errors.New("stopped by a second signal before the drain finished")
+	case err := <-closed:
+		if errors.Is(err, errDrainTimedOut) {
+			logger.Error("drain timed out: requests still in flight were cut off", "timeout", cfg.ShutdownTimeout)
+			return err
+		}
+		if err != nil {
+			return err
+		}
 	}
 	logger.Info("stopped cleanly")
 	return nil

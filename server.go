@@ -142,16 +142,23 @@ func (s *server) Serve(ln net.Listener) error {
 	return err
 }
 
+// errDrainTimedOut is joined to Close's error when in-flight requests were still running when
+// its context ended: they were cut off, and the stop was not clean.
+var errDrainTimedOut = errors.New("the drain timed out; requests still in flight were cut off")
+
 // Close stops in the reverse order of start: stop accepting and drain in-flight requests (until
 // ctx ends), stop the background loops, drain the commit loop and close the database.
 func (s *server) Close(ctx context.Context) error {
 	s.closeOnce.Do(func() {
-		if err := s.http.ShutdownWithContext(ctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		var drainErr error
+		if err := s.http.ShutdownWithContext(ctx); errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+			drainErr = errDrainTimedOut
+		} else if err != nil {
 			s.log.Warn("http shutdown", "err", err)
 		}
 		s.stopBackground()
 		s.background.Wait()
-		s.closeErr = s.db.Close()
+		s.closeErr = errors.Join(drainErr, s.db.Close())
 	})
 	return s.closeErr
 }

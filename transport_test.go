@@ -409,6 +409,68 @@ func TestConnectionCap(t *testing.T) {
 	}
 }
 
+// slowBody starts a request whose body never finishes, so the server holds it in flight.
+func slowBody(t *testing.T, baseURL string) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", strings.TrimPrefix(baseURL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	io.WriteString(c, "POST /conversations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"st")
+	return c
+}
+
+// TestSecondSignalStopsTheDrain: with a request held in flight, a second SIGTERM ends the drain
+// at once, with a non-zero exit and a log line that says so.
+func TestSecondSignalStopsTheDrain(t *testing.T) {
+	p := startServe(t, nil, "--data", t.TempDir(), "--shutdown-timeout", "25s")
+	slowBody(t, p.URL)
+	waitFor(t, 10*time.Second, "the slow request to be read", func() bool {
+		return metricValue(t, &http.Client{Timeout: 5 * time.Second}, p.URL, "awardee_http_open_connections") >= 2
+	})
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	waitFor(t, 10*time.Second, "the drain to start", func() bool { return strings.Contains(p.stderr.String(), "shutting down") })
+	start := time.Now()
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-p.exited:
+		if err == nil {
+			t.Fatal("exit status 0 after a drain cut short")
+		}
+		if took := time.Since(start); took > 3*time.Second {
+			t.Fatalf("took %s to stop after the second signal", took)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("still draining 10 s after the second signal:\n%s", p.stderr)
+	}
+	if log := p.stderr.String(); !strings.Contains(log, "second signal") || strings.Contains(log, "stopped cleanly") {
+		t.Fatalf("the log does not say the drain was cut short:\n%s", log)
+	}
+}
+
+// TestTimedOutDrainSaysSo: a drain that reaches --shutdown-timeout with a request in flight is
+// logged as timed out, not as a clean stop.
+func TestTimedOutDrainSaysSo(t *testing.T) {
+	p := startServe(t, nil, "--data", t.TempDir(), "--shutdown-timeout", "300ms")
+	slowBody(t, p.URL)
+	waitFor(t, 10*time.Second, "the slow request to be read", func() bool {
+		return metricValue(t, &http.Client{Timeout: 5 * time.Second}, p.URL, "awardee_http_open_connections") >= 2
+	})
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-p.exited:
+		if err == nil {
+			t.Fatal("exit status 0 after a timed-out drain")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("still running 10 s after SIGTERM with a 300ms drain:\n%s", p.stderr)
+	}
+	if log := p.stderr.String(); !strings.Contains(log, "drain timed out") || strings.Contains(log, "stopped cleanly") {
+		t.Fatalf("the log does not say the drain timed out:\n%s", log)
+	}
+}
+
 // TestBusyPortKeepsTheFirstSecrets: a first start that cannot bind prints no secret and creates
 // no org, so the start that succeeds later prints keys that work.
 func TestBusyPortKeepsTheFirstSecrets(t *testing.T) {
