@@ -24,6 +24,7 @@ type Config struct {
 	SweepEvery           time.Duration
 	MaxConns             int
 	MaxConnsPerIP        int
+	MetricsToken         string
 }
 
 func defaultConfig() Config {
@@ -58,6 +59,7 @@ func bindServeFlags(fs *flag.FlagSet, c *Config) {
 	fs.DurationVar(&c.SweepEvery, "sweep-every", c.SweepEvery, "how often expired events and idempotency keys are pruned")
 	fs.IntVar(&c.MaxConns, "max-conns", c.MaxConns, "most client connections open at once; 0 derives it from the file-descriptor limit (never above it)")
 	fs.IntVar(&c.MaxConnsPerIP, "max-conns-per-ip", c.MaxConnsPerIP, "most connections one client address may hold; 0 turns the cap off (behind a reverse proxy)")
+	fs.StringVar(&c.MetricsToken, "metrics-token", c.MetricsToken, "when set, GET /metrics requires Authorization: Bearer <token>")
 }
 
 // parseWithEnv parses args; a flag not given on the command line takes AWARDEE_<FLAG> from the

@@ -1,7 +1,10 @@
 package main
 
 import (
+	"crypto/sha256"
+	"crypto/subtle"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/awardee/awardee/engine"
@@ -65,12 +68,29 @@ func (m *metrics) watchConnections(c *connStats) {
 			func() float64 { return float64(c.acceptRetries.Load()) }))
 }
 
-func (m *metrics) handler() fasthttp.RequestHandler {
-	h := fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{}))
+// metricsHandler serves /metrics; with --metrics-token it answers only a request bearing it.
+func (s *server) metricsHandler() fasthttp.RequestHandler {
+	h := fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(s.metrics.registry, promhttp.HandlerOpts{}))
 	return func(ctx *fasthttp.RequestCtx) {
 		setRequestID(ctx)
+		if s.cfg.MetricsToken != "" && !bearerMatches(ctx.Request.Header.Peek("Authorization"), s.cfg.MetricsToken) {
+			ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="metrics"`)
+			s.writeError(ctx, engine.Errorf(engine.CodeUnauthorized, "/metrics needs Authorization: Bearer <the server's metrics token>"))
+			return
+		}
 		h(ctx)
 	}
+}
+
+// bearerMatches compares in constant time; hashing first makes the time independent of the
+// length of the token as well.
+func bearerMatches(header []byte, token string) bool {
+	const scheme = "bearer "
+	if len(header) < len(scheme) || !strings.EqualFold(string(header[:len(scheme)]), scheme) {
+		return false
+	}
+	got, want := sha256.Sum256(header[len(scheme):]), sha256.Sum256([]byte(token))
+	return subtle.ConstantTimeCompare(got[:], want[:]) == 1
 }
 
 // conversationsCollector reads the per-status counts the engine keeps in step with every write,

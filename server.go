@@ -253,7 +253,7 @@ func (s *server) routes() fasthttp.RequestHandler {
 	api("POST", "/widget/conversations/{id}/request-agent", needVisitor, 200, s.requestAgent)
 
 	r.GET("/healthz", s.healthz)
-	r.GET("/metrics", s.metrics.handler())
+	r.GET("/metrics", s.metricsHandler())
 
 	r.NotFound = func(ctx *fasthttp.RequestCtx) {
 		start := time.Now()

@@ -502,3 +502,40 @@ func TestBusyPortKeepsTheFirstSecrets(t *testing.T) {
 		t.Fatalf("the printed key does not work: %d %v %s", status, err, raw)
 	}
 }
+
+// TestMetricsToken: with --metrics-token, /metrics answers only its bearer, in constant time and
+// in the error envelope otherwise; without it /metrics is public. Either way it names no org.
+func TestMetricsToken(t *testing.T) {
+	open := newTestServer(t)
+	org := open.newOrg(t, 0, 0)
+	open.createConversation(t, org.APIKey, engine.StatusOpen)
+	page := mustStatus(t, open.do(t, "GET", "/metrics", "", nil), 200)
+	if bytes.Contains(page.Body, []byte(org.OrgID)) || bytes.Contains(page.Body, []byte(`org="`)) || bytes.Contains(page.Body, []byte(`org_id="`)) {
+		t.Fatal("/metrics names an org")
+	}
+
+	guarded := newTestServer(t, func(c *Config) { c.MetricsToken = "s3cret-token" })
+	for _, auth := range []string{"", "Bearer wrong", "Bearer s3cret-toke", "Bearer s3cret-token2", "s3cret-token", "Basic s3cret-token"} {
+		var r resp
+		if auth == "" {
+			r = guarded.do(t, "GET", "/metrics", "", nil)
+		} else {
+			r = guarded.do(t, "GET", "/metrics", "", nil, "Authorization", auth)
+		}
+		if r.Status != 401 || r.ErrorCode() != engine.CodeUnauthorized || bytes.Contains(r.Body, []byte("awardee_")) {
+			t.Fatalf("Authorization %q: %d %s", auth, r.Status, r.Body)
+		}
+	}
+	for _, auth := range []string{"Bearer s3cret-token", "bearer s3cret-token"} {
+		r := mustStatus(t, guarded.do(t, "GET", "/metrics", "", nil, "Authorization", auth), 200)
+		if !bytes.Contains(r.Body, []byte("awardee_commit_batches_total")) {
+			t.Fatalf("Authorization %q: no metrics: %s", auth, r.Body)
+		}
+	}
+
+	t.Setenv("AWARDEE_METRICS_TOKEN", "from-env")
+	cfg := defaultConfig()
+	if err := parseWithEnv(newServeFlagSet(&cfg), nil); err != nil || cfg.MetricsToken != "from-env" {
+		t.Fatalf("AWARDEE_METRICS_TOKEN: %q %v", cfg.MetricsToken, err)
+	}
+}
