@@ -70,14 +70,13 @@ func startServe(t *testing.T, prefix []string, serveArgs ...string) *process {
 
 var printedAPIKey = regexp.MustCompile(`API key: +(ak_\S+)`)
 
-// apiKeyOf is the default org's API key that a first start printed.
+// apiKeyOf is the default org's API key that a first start printed. The keys are written before
+// the listening line, but stdout reaches the test through its own pipe and copier, so it may
+// arrive after it.
 func apiKeyOf(t *testing.T, p *process) string {
 	t.Helper()
-	m := printedAPIKey.FindStringSubmatch(p.stdout.String())
-	if m == nil {
-		t.Fatalf("no API key printed: %q", p.stdout.String())
-	}
-	return m[1]
+	waitFor(t, 5*time.Second, "the API key on stdout", func() bool { return printedAPIKey.MatchString(p.stdout.String()) })
+	return printedAPIKey.FindStringSubmatch(p.stdout.String())[1]
 }
 
 // metricValue reads one unlabelled sample of /metrics through client.
