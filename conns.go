@@ -52,6 +52,7 @@ func connectionCap(requested int, descriptorLimit uint64) int {
 // connStats are the listener's counters, read by /metrics.
 type connStats struct {
 	open           atomic.Int64
+	capWaits       atomic.Uint64
 	refusedPerAddr atomic.Uint64
 	acceptRetries  atomic.Uint64
 }
@@ -72,6 +73,8 @@ type limitListener struct {
 
 	closeOnce sync.Once
 	closed    chan struct{}
+
+	lastCapLog time.Time // only Accept's goroutine touches it
 }
 
 func newLimitListener(ln net.Listener, maxConns, perAddr int, stats *connStats, log *slog.Logger) *limitListener {
@@ -84,10 +87,8 @@ func newLimitListener(ln net.Listener, maxConns, perAddr int, stats *connStats, 
 func (l *limitListener) Accept() (net.Conn, error) {
 	var backoff time.Duration
 	for {
-		select {
-		case l.slots <- struct{}{}:
-		case <-l.closed:
-			return nil, net.ErrClosed
+		if err := l.takeSlot(); err != nil {
+			return nil, err
 		}
 		c, err := l.Listener.Accept()
 		if err != nil {
@@ -115,6 +116,27 @@ func (l *limitListener) Accept() (net.Conn, error) {
 		}
 		l.stats.open.Add(1)
 		return &serverConn{Conn: c, release: func() { l.release(addr) }}, nil
+	}
+}
+
+// takeSlot waits until fewer than the cap are open, counting (and logging, at most once a
+// minute) each time the cap made a connection wait.
+func (l *limitListener) takeSlot() error {
+	select {
+	case l.slots <- struct{}{}:
+		return nil
+	default:
+	}
+	l.stats.capWaits.Add(1)
+	if time.Since(l.lastCapLog) > time.Minute {
+		l.lastCapLog = time.Now()
+		l.log.Warn("connection cap reached; new connections wait until one closes", "max_conns", cap(l.slots))
+	}
+	select {
+	case l.slots <- struct{}{}:
+		return nil
+	case <-l.closed:
+		return net.ErrClosed
 	}
 }
 

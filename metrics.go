@@ -62,6 +62,8 @@ func (m *metrics) watchConnections(c *connStats) {
 	m.registry.MustRegister(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "awardee_http_open_connections", Help: "Client connections open now."},
 			func() float64 { return float64(c.open.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "awardee_http_connection_cap_waits_total", Help: "Times a new connection had to wait because --max-conns were open."},
+			func() float64 { return float64(c.capWaits.Load()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "awardee_http_connections_refused_total", Help: "Connections closed on accept because their address held --max-conns-per-ip already."},
 			func() float64 { return float64(c.refusedPerAddr.Load()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "awardee_http_accept_retries_total", Help: "Accepts that failed for lack of descriptors or memory and were retried after a pause."},

@@ -86,6 +86,9 @@ func newServer(cfg Config, log *slog.Logger, out io.Writer) (*server, error) {
 		Name:               "awardee",
 		MaxRequestBodySize: maxBodySize,
 		ReadBufferSize:     readBufferSize,
+		// The listener is the connection cap; fasthttp's own must never be the one that bites,
+		// as it would answer 503 where the listener makes the connection wait.
+		Concurrency: max(fasthttp.DefaultConcurrency, 2*s.maxConns),
 		// On a new connection fasthttp arms ReadTimeout when it is accepted and keeps it until
 		// the headers are in: that is the header timeout. HeaderReceived then gives the body its
 		// own deadline.

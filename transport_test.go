@@ -172,6 +172,9 @@ func TestIdleFloodUnderLowDescriptorLimit(t *testing.T) {
 				waitFor(t, 10*time.Second, "the flood to fill the connection cap", func() bool {
 					return metricValue(t, kept, p.URL, "awardee_http_open_connections") == float64(maxConns)
 				})
+				if metricValue(t, kept, p.URL, "awardee_http_connection_cap_waits_total") == 0 {
+					t.Fatal("the flood passed the cap without a wait being counted")
+				}
 			}
 			expectServing(t, kept, p.URL, key, "during the flood")
 			select {
