@@ -13,40 +13,36 @@ import (
 )
 
 // Connection budget. Every open connection holds a descriptor, a goroutine and a read buffer
-// (readBufferSize), so the cap follows the descriptor limit but stops at a figure whose memory a
-// small host can still afford.
+// (readBufferSize), so the cap follows the descriptor limit but, unless --max-conns says more,
+// stops at a figure whose memory a small host can still afford.
 const (
-	// descriptorHeadroom is kept free below the descriptor limit for everything that is not a
-	// client connection: the database, the listener, the runtime's poller, and later blob files
-	// and outgoing webhook connections. An eighth of the limit, and never less than 64.
+	// minDescriptorHeadroom: an eighth of the descriptor limit, and never less than this, is
+	// kept for everything that is not a client connection: the database, the listener, the
+	// runtime's poller, and later blob files and outgoing webhook connections.
 	minDescriptorHeadroom = 64
-	// defaultMaxConnsCeiling bounds the derived cap when the descriptor limit is very large.
-	defaultMaxConnsCeiling = 10000
-	// DefaultMaxConnsPerIP is how many connections one client address may hold at once.
+	// defaultMaxConns is the cap when --max-conns is 0 and descriptors allow it.
+	defaultMaxConns = 10000
+	// defaultMaxConnsPerIP is how many connections one client address may hold at once.
 	defaultMaxConnsPerIP = 128
 
 	acceptBackoffMin = 5 * time.Millisecond
 	acceptBackoffMax = time.Second
 )
 
-// connectionCap is how many client connections the server may hold: requested (0 = derive it)
-// never above what the descriptor limit leaves after headroom.
+// connectionCap is how many client connections the server may hold: requested (0 for the
+// default), never above what the descriptor limit (0 when unknown) leaves after its headroom.
 func connectionCap(requested int, descriptorLimit uint64) int {
-	ceiling := defaultMaxConnsCeiling
-	if descriptorLimit > 0 {
-		headroom := max(minDescriptorHeadroom, descriptorLimit/8)
-		if descriptorLimit <= headroom {
-			return 1
-		}
-		ceiling = int(min(descriptorLimit-headroom, 1<<30))
+	if requested == 0 {
+		requested = defaultMaxConns
 	}
-	if requested > 0 && requested < ceiling {
+	if descriptorLimit == 0 {
 		return requested
 	}
-	if requested == 0 {
-		return min(ceiling, defaultMaxConnsCeiling)
+	headroom := max(minDescriptorHeadroom, descriptorLimit/8)
+	if descriptorLimit <= headroom {
+		return 1
 	}
-	return ceiling
+	return int(min(uint64(requested), descriptorLimit-headroom))
 }
 
 // connStats are the listener's counters, read by /metrics.

@@ -80,6 +80,9 @@ func newServer(cfg Config, log *slog.Logger, out io.Writer) (*server, error) {
 	s.metrics = newMetrics(db)
 	s.limits = newLimiter(db)
 	s.maxConns = connectionCap(cfg.MaxConns, descriptorLimit())
+	if cfg.MaxConns > s.maxConns {
+		log.Warn("--max-conns lowered to what the file-descriptor limit allows", "asked", cfg.MaxConns, "max_conns", s.maxConns)
+	}
 	s.metrics.watchConnections(&s.conns)
 	s.http = &fasthttp.Server{
 		Handler:            s.routes(),

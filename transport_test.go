@@ -398,8 +398,9 @@ func TestConnectionCap(t *testing.T) {
 	}{
 		{0, 256, 192},
 		{0, 1024, 896},
-		{0, 1 << 20, defaultMaxConnsCeiling},
-		{0, 0, defaultMaxConnsCeiling},
+		{0, 1 << 20, defaultMaxConns},
+		{0, 0, defaultMaxConns},
+		{50000, 0, 50000},
 		{100, 256, 100},
 		{5000, 256, 192},
 		{50000, 1 << 20, 50000},
