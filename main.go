@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -80,26 +81,51 @@ func serveCommand(args []string, stdout, stderr io.Writer) error {
 	if err := parseWithEnv(newServeFlagSet(&cfg), args); err != nil {
 		return err
 	}
+	if err := cfg.validate(); err != nil {
+		return err
+	}
 	logger := slog.New(slog.NewTextHandler(stderr, nil))
-	srv, err := newServer(cfg, logger, stdout)
+	// Bind before anything else: the first start creates org "default" and prints its secrets
+	// once, and a start that cannot have its address must neither lose them nor create the org.
+	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
 		return err
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
+	srv, err := newServer(cfg, logger, stdout)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	signals := make(chan os.Signal, 2)
+	signal.Notify(signals, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(signals)
 	errc := make(chan error, 1)
-	go func() { errc <- srv.ListenAndServe() }()
+	go func() { errc <- srv.Serve(ln) }()
 	select {
 	case err := <-errc:
 		srv.Close(context.Background())
 		return err
-	case <-ctx.Done():
+	case sig := <-signals:
+		logger.Info("shutting down: draining requests", "signal", sig.String(), "timeout", cfg.ShutdownTimeout)
 	}
-	logger.Info("shutting down: draining requests")
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
-	if err := srv.Close(shutdownCtx); err != nil {
-		return err
+	closed := make(chan error, 1)
+	go func() { closed <- srv.Close(shutdownCtx) }()
+	select {
+	case sig := <-signals:
+		// The operator asked twice: stop now. Every acknowledged write is already fsync'd; what
+		// is still in flight was never acknowledged.
+		logger.Error("second signal during the drain: stopping at once", "signal", sig.String())
+		return errors.New("stopped by a second signal before the drain finished")
+	case err := <-closed:
+		if errors.Is(err, errDrainTimedOut) {
+			logger.Error("drain timed out: requests still in flight were cut off", "timeout", cfg.ShutdownTimeout)
+			return err
+		}
+		if err != nil {
+			return err
+		}
 	}
 	logger.Info("stopped cleanly")
 	return nil

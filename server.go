@@ -22,6 +22,27 @@ import (
 // before any handler (and so before auth) runs.
 const maxBodySize = 1 << 20
 
+// Transport limits of the contract (section 3).
+const (
+	maxRequestLine = 8 << 10  // a longer request line is 414
+	maxHeaderBytes = 16 << 10 // longer header fields are 431
+	// headerTimeout is how long a new connection has to send its headers: a client that holds
+	// a connection without asking anything costs a descriptor, so it must not keep it long.
+	headerTimeout = 10 * time.Second
+	// bodyTimeout is how long a request's body may take once its headers are in.
+	bodyTimeout = 30 * time.Second
+	// readBufferSize holds a request head at both limits (plus its line ends), so every head
+	// within them parses and the handler can tell which limit a larger one broke.
+	readBufferSize = maxRequestLine + maxHeaderBytes + 4
+)
+
+// Codes of the transport errors; the contract names their statuses only.
+const (
+	codeRequestTimeout  = "request_timeout"
+	codeURITooLong      = "uri_too_long"
+	codeHeadersTooLarge = "headers_too_large"
+)
+
 // server wires the engine to HTTP and owns every background goroutine it starts.
 type server struct {
 	cfg      Config
@@ -32,6 +53,8 @@ type server struct {
 	limits   *limiter
 	inflight *inflightKeys
 	attach   attacher
+	conns    connStats
+	maxConns int
 
 	stopBackground context.CancelFunc
 	background     sync.WaitGroup
@@ -40,7 +63,8 @@ type server struct {
 }
 
 // newServer opens the database, creates org "default" on an empty one (printing its secrets once
-// to out) and starts the background sweepers. It does not listen yet.
+// to out) and starts the background sweepers. It does not listen: the caller binds its listener
+// first, so that a start that cannot have its address creates no org and prints no secret.
 func newServer(cfg Config, log *slog.Logger, out io.Writer) (*server, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
@@ -56,15 +80,30 @@ func newServer(cfg Config, log *slog.Logger, out io.Writer) (*server, error) {
 	}
 	s.metrics = newMetrics(db)
 	s.limits = newLimiter(db)
+	s.maxConns = connectionCap(cfg.MaxConns, descriptorLimit())
+	if cfg.MaxConns > s.maxConns {
+		log.Warn("--max-conns lowered to what the file-descriptor limit allows", "asked", cfg.MaxConns, "max_conns", s.maxConns)
+	}
+	s.metrics.watchConnections(&s.conns)
 	s.http = &fasthttp.Server{
 		Handler:            s.routes(),
 		Name:               "awardee",
 		MaxRequestBodySize: maxBodySize,
-		ReadTimeout:        30 * time.Second,
-		WriteTimeout:       30 * time.Second,
-		IdleTimeout:        2 * time.Minute,
-		ErrorHandler:       s.transportError,
-		Logger:             fasthttpLogger{log},
+		ReadBufferSize:     readBufferSize,
+		// The listener is the connection cap; fasthttp's own must never be the one that bites,
+		// as it would answer 503 where the listener makes the connection wait.
+		Concurrency: max(fasthttp.DefaultConcurrency, 2*s.maxConns),
+		// On a new connection fasthttp arms ReadTimeout when it is accepted and keeps it until
+		// the headers are in: that is the header timeout. HeaderReceived then gives the body its
+		// own deadline.
+		ReadTimeout: headerTimeout,
+		HeaderReceived: func(*fasthttp.RequestHeader) fasthttp.RequestConfig {
+			return fasthttp.RequestConfig{ReadTimeout: bodyTimeout}
+		},
+		WriteTimeout: 30 * time.Second,
+		IdleTimeout:  2 * time.Minute,
+		ErrorHandler: s.transportError,
+		Logger:       fasthttpLogger{log},
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s.stopBackground = cancel
@@ -99,52 +138,86 @@ func (s *server) bootstrap(out io.Writer) error {
 	return nil
 }
 
-// ListenAndServe listens on cfg.Addr and serves until Close.
-func (s *server) ListenAndServe() error {
-	ln, err := net.Listen("tcp", s.cfg.Addr)
-	if err != nil {
-		s.Close(context.Background())
-		return err
-	}
-	s.log.Info("listening", "addr", ln.Addr().String(), "data", s.cfg.Data)
-	return s.Serve(ln)
-}
-
-// Serve serves on ln until Close.
+// Serve serves on ln until Close, holding at most s.maxConns connections (see limitListener).
 func (s *server) Serve(ln net.Listener) error {
-	err := s.http.Serve(lingeringListener{ln})
+	s.log.Info("listening", "addr", ln.Addr().String(), "data", s.cfg.Data,
+		"max_conns", s.maxConns, "max_conns_per_ip", s.cfg.MaxConnsPerIP)
+	err := s.http.Serve(newLimitListener(ln, s.maxConns, s.cfg.MaxConnsPerIP, &s.conns, s.log))
 	if errors.Is(err, net.ErrClosed) {
 		return nil
 	}
 	return err
 }
 
+// errDrainTimedOut is joined to Close's error when in-flight requests were still running when
+// its context ended: they were cut off, and the stop was not clean.
+var errDrainTimedOut = errors.New("the drain timed out; requests still in flight were cut off")
+
 // Close stops in the reverse order of start: stop accepting and drain in-flight requests (until
 // ctx ends), stop the background loops, drain the commit loop and close the database.
 func (s *server) Close(ctx context.Context) error {
 	s.closeOnce.Do(func() {
-		if err := s.http.ShutdownWithContext(ctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		var drainErr error
+		if err := s.http.ShutdownWithContext(ctx); errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+			drainErr = errDrainTimedOut
+		} else if err != nil {
 			s.log.Warn("http shutdown", "err", err)
 		}
 		s.stopBackground()
 		s.background.Wait()
-		s.closeErr = s.db.Close()
+		s.closeErr = errors.Join(drainErr, s.db.Close())
 	})
 	return s.closeErr
 }
 
 // transportError answers what fasthttp refuses before routing, in the contract's envelope.
 func (s *server) transportError(ctx *fasthttp.RequestCtx, err error) {
-	code, msg := engine.CodeValidation, "the request could not be read"
-	if errors.Is(err, fasthttp.ErrBodyTooLarge) {
-		code, msg = engine.CodePayloadTooLarge, "request bodies are limited to 1 MiB"
+	start := time.Now()
+	var small *fasthttp.ErrSmallBuffer
+	var netErr net.Error
+	var refusal *engine.Error
+	switch {
+	case errors.Is(err, fasthttp.ErrBodyTooLarge):
+		refusal = engine.Errorf(engine.CodePayloadTooLarge, "request bodies are limited to 1 MiB")
+	case errors.As(err, &small):
+		// The head did not fit the read buffer, which holds one at both limits: it broke one.
+		refusal = headTooLarge(requestLineOver(ctx.Conn(), maxRequestLine))
+	case errors.Is(err, fasthttp.ErrTimeout) || errors.As(err, &netErr) && netErr.Timeout():
+		refusal = engine.Errorf(codeRequestTimeout, "the request did not arrive in time: headers are due 10 s after connecting, a body 30 s after its headers")
+	default:
+		refusal = engine.Errorf(engine.CodeValidation, "the request could not be read")
 	}
-	s.writeError(ctx, engine.Errorf(code, "%s", msg))
-	s.metrics.observe("unmatched", ctx, time.Now())
-	// fasthttp closes the connection after this answer without reading the body it refused;
-	// closing with unread data makes the kernel reset the connection, and the client may lose
-	// the 413 before reading it.
+	// The path of a refused request may be unknown (its head was not parsed), and a browser
+	// must be able to read the refusal of a widget call: transport errors always carry CORS,
+	// which is harmless on the team's endpoints as no endpoint uses cookies.
+	setCORS(ctx)
+	s.writeError(ctx, refusal)
+	s.metrics.observe("unmatched", ctx, start)
+	// fasthttp closes the connection after this answer without reading what it refused; closing
+	// with unread data makes the kernel reset the connection, and the client may lose the
+	// answer before reading it.
 	lingerOnClose(ctx.Conn())
+}
+
+func headTooLarge(lineOver bool) *engine.Error {
+	if lineOver {
+		return engine.Errorf(codeURITooLong, "the request line is limited to 8 KiB")
+	}
+	return engine.Errorf(codeHeadersTooLarge, "request headers are limited to 16 KiB")
+}
+
+// checkHead refuses a head that fits the read buffer but breaks a limit: the buffer holds both
+// limits at once, so one may be over while the whole still fits.
+func (s *server) checkHead(ctx *fasthttp.RequestCtx) bool {
+	h := &ctx.Request.Header
+	line := len(h.Method()) + 1 + len(h.RequestURI()) + 1 + len(h.Protocol())
+	if line <= maxRequestLine && len(h.RawHeaders()) <= maxHeaderBytes {
+		return true
+	}
+	start := time.Now()
+	s.writeError(ctx, headTooLarge(line > maxRequestLine))
+	s.metrics.observe("unmatched", ctx, start)
+	return false
 }
 
 type fasthttpLogger struct{ log *slog.Logger }
@@ -187,7 +260,7 @@ func (s *server) routes() fasthttp.RequestHandler {
 	api("POST", "/widget/conversations/{id}/request-agent", engine.KeyVisitor, 200, s.requestAgent)
 
 	r.GET("/healthz", s.healthz)
-	r.GET("/metrics", s.metrics.handler())
+	r.GET("/metrics", s.metricsHandler())
 
 	r.NotFound = func(ctx *fasthttp.RequestCtx) {
 		start := time.Now()
@@ -197,7 +270,7 @@ func (s *server) routes() fasthttp.RequestHandler {
 	r.MethodNotAllowed = func(ctx *fasthttp.RequestCtx) {
 		start := time.Now()
 		// The router lists OPTIONS on every path; only the widget's paths answer it.
-		if !bytes.HasPrefix(ctx.Path(), []byte("/widget/")) {
+		if !isWidgetPath(ctx.Path()) {
 			ctx.Response.Header.Set("Allow", withoutOptions(string(ctx.Response.Header.Peek("Allow"))))
 		}
 		s.writeError(ctx, engine.Errorf(engine.CodeMethodNotAllowed, "%s is not allowed on %s", ctx.Method(), ctx.Path()))
@@ -206,7 +279,21 @@ func (s *server) routes() fasthttp.RequestHandler {
 	r.PanicHandler = func(ctx *fasthttp.RequestCtx, v any) {
 		s.writeError(ctx, fmt.Errorf("handler panicked: %v\n%s", v, debug.Stack()))
 	}
-	return r.Handler
+	return func(ctx *fasthttp.RequestCtx) {
+		requestStarted(ctx.Conn())
+		// Set before routing, so that every widget answer carries them: the router's own 404
+		// and 405 included.
+		if isWidgetPath(ctx.Path()) {
+			setCORS(ctx)
+		}
+		if s.checkHead(ctx) {
+			r.Handler(ctx)
+		}
+	}
+}
+
+func isWidgetPath(p []byte) bool {
+	return bytes.HasPrefix(p, []byte("/widget/")) || bytes.Equal(p, []byte("/widget"))
 }
 
 func withoutOptions(allow string) string {
