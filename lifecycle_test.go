@@ -277,7 +277,7 @@ func TestSecondStartKeepsTheDefaultOrg(t *testing.T) {
 	dir := t.TempDir()
 	p := startProcess(t, dir)
 	// stdout has its own pipe: it may reach the buffer after the listening line did.
-	waitFor(t, 5*time.Second, "the default org's keys on stdout", func() bool {
+	testkit.WaitFor(t, "the default org's keys on stdout", func() bool {
 		return strings.Contains(p.stdout.String(), "API key:    ak_") && strings.Contains(p.stdout.String(), "widget key: wk_")
 	})
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {

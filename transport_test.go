@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/awardee/awardee/engine"
+	"github.com/awardee/awardee/internal/testkit"
 )
 
 // startServe runs the built binary with argv (a prefix such as prlimit, then serve's flags after
@@ -29,43 +30,7 @@ import (
 func startServe(t *testing.T, prefix []string, serveArgs ...string) *process {
 	t.Helper()
 	argv := append(append(append([]string{}, prefix...), awardeeBinary(t), "serve", "--addr", "127.0.0.1:0"), serveArgs...)
-	cmd := exec.Command(argv[0], argv[1:]...)
-	p := &process{cmd: cmd, stdout: &lockedBuffer{}, stderr: &lockedBuffer{}, exited: make(chan error, 1)}
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stdout = p.stdout
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	addr := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			line := sc.Text()
-			fmt.Fprintln(p.stderr, line)
-			if m := listenLine.FindStringSubmatch(line); m != nil {
-				addr <- m[1]
-			}
-		}
-		p.exited <- cmd.Wait()
-	}()
-	t.Cleanup(func() {
-		if cmd.ProcessState == nil {
-			cmd.Process.Kill()
-			<-p.exited
-		}
-	})
-	select {
-	case a := <-addr:
-		p.URL = "http://" + a
-	case err := <-p.exited:
-		t.Fatalf("server exited before listening: %v\n%s", err, p.stderr)
-	case <-time.After(20 * time.Second):
-		t.Fatalf("server did not listen within 20 s:\n%s", p.stderr)
-	}
-	return p
+	return startCommand(t, exec.Command(argv[0], argv[1:]...))
 }
 
 var printedAPIKey = regexp.MustCompile(`API key: +(ak_\S+)`)
@@ -75,7 +40,7 @@ var printedAPIKey = regexp.MustCompile(`API key: +(ak_\S+)`)
 // arrive after it.
 func apiKeyOf(t *testing.T, p *process) string {
 	t.Helper()
-	waitFor(t, 5*time.Second, "the API key on stdout", func() bool { return printedAPIKey.MatchString(p.stdout.String()) })
+	testkit.WaitFor(t, "the API key on stdout", func() bool { return printedAPIKey.MatchString(p.stdout.String()) })
 	return printedAPIKey.FindStringSubmatch(p.stdout.String())[1]
 }
 
@@ -113,8 +78,8 @@ func expectServing(t *testing.T, client *http.Client, baseURL, key, when string)
 	if res.StatusCode != 200 {
 		t.Fatalf("healthz %s: status %d", when, res.StatusCode)
 	}
-	if status, raw, err := post(client, baseURL+"/conversations", key, `{"status":"open"}`); err != nil || status != 201 {
-		t.Fatalf("POST /conversations %s: %d %v %s", when, status, err, raw)
+	if r, err := (&apiClient{URL: baseURL, hc: client}).try("POST", "/conversations", key, `{"status":"open"}`); err != nil || r.Status != 201 {
+		t.Fatalf("POST /conversations %s: %d %v %s", when, r.Status, err, r.Body)
 	}
 }
 
@@ -165,11 +130,11 @@ func TestIdleFloodUnderLowDescriptorLimit(t *testing.T) {
 			if tc.perAddr > 0 {
 				// The kept connection holds one of the address's slots.
 				refused := float64(flood - (tc.perAddr - 1))
-				waitFor(t, 10*time.Second, "the connections over the per-address cap to be refused", func() bool {
+				testkit.WaitFor(t, "the connections over the per-address cap to be refused", func() bool {
 					return metricValue(t, kept, p.URL, "awardee_http_connections_refused_total") == refused
 				})
 			} else {
-				waitFor(t, 10*time.Second, "the flood to fill the connection cap", func() bool {
+				testkit.WaitFor(t, "the flood to fill the connection cap", func() bool {
 					return metricValue(t, kept, p.URL, "awardee_http_open_connections") == float64(maxConns)
 				})
 				if metricValue(t, kept, p.URL, "awardee_http_connection_cap_waits_total") == 0 {
@@ -187,7 +152,7 @@ func TestIdleFloodUnderLowDescriptorLimit(t *testing.T) {
 				c.Close()
 			}
 			conns = conns[:0]
-			waitFor(t, 10*time.Second, "the server to see the flood's connections close", func() bool {
+			testkit.WaitFor(t, "the server to see the flood's connections close", func() bool {
 				return metricValue(t, kept, p.URL, "awardee_http_open_connections") == 1
 			})
 			fresh := &http.Client{Timeout: 5 * time.Second}
@@ -429,11 +394,11 @@ func slowBody(t *testing.T, baseURL string) net.Conn {
 func TestSecondSignalStopsTheDrain(t *testing.T) {
 	p := startServe(t, nil, "--data", t.TempDir(), "--shutdown-timeout", "25s")
 	slowBody(t, p.URL)
-	waitFor(t, 10*time.Second, "the slow request to be read", func() bool {
+	testkit.WaitFor(t, "the slow request to be read", func() bool {
 		return metricValue(t, &http.Client{Timeout: 5 * time.Second}, p.URL, "awardee_http_open_connections") >= 2
 	})
 	p.cmd.Process.Signal(syscall.SIGTERM)
-	waitFor(t, 10*time.Second, "the drain to start", func() bool { return strings.Contains(p.stderr.String(), "shutting down") })
+	testkit.WaitFor(t, "the drain to start", func() bool { return strings.Contains(p.stderr.String(), "shutting down") })
 	start := time.Now()
 	p.cmd.Process.Signal(syscall.SIGTERM)
 	select {
@@ -457,7 +422,7 @@ func TestSecondSignalStopsTheDrain(t *testing.T) {
 func TestTimedOutDrainSaysSo(t *testing.T) {
 	p := startServe(t, nil, "--data", t.TempDir(), "--shutdown-timeout", "300ms")
 	slowBody(t, p.URL)
-	waitFor(t, 10*time.Second, "the slow request to be read", func() bool {
+	testkit.WaitFor(t, "the slow request to be read", func() bool {
 		return metricValue(t, &http.Client{Timeout: 5 * time.Second}, p.URL, "awardee_http_open_connections") >= 2
 	})
 	p.cmd.Process.Signal(syscall.SIGTERM)
@@ -500,9 +465,8 @@ func TestBusyPortKeepsTheFirstSecrets(t *testing.T) {
 	}
 	p := startProcess(t, dir)
 	key := apiKeyOf(t, p)
-	client := &http.Client{Timeout: 5 * time.Second}
-	if status, raw, err := post(client, p.URL+"/conversations", key, `{}`); err != nil || status != 201 {
-		t.Fatalf("the printed key does not work: %d %v %s", status, err, raw)
+	if r := p.do(t, "POST", "/conversations", key, `{}`); r.Status != 201 {
+		t.Fatalf("the printed key does not work: %d %s", r.Status, r.Body)
 	}
 }
 
@@ -511,7 +475,7 @@ func TestBusyPortKeepsTheFirstSecrets(t *testing.T) {
 func TestMetricsToken(t *testing.T) {
 	open := newTestServer(t)
 	org := open.newOrg(t, 0, 0)
-	open.createConversation(t, org.APIKey, engine.StatusOpen)
+	open.newConversation(t, org.APIKey, engine.StatusOpen)
 	page := mustStatus(t, open.do(t, "GET", "/metrics", "", nil), 200)
 	if bytes.Contains(page.Body, []byte(org.OrgID)) || bytes.Contains(page.Body, []byte(`org="`)) || bytes.Contains(page.Body, []byte(`org_id="`)) {
 		t.Fatal("/metrics names an org")
@@ -525,7 +489,7 @@ func TestMetricsToken(t *testing.T) {
 		} else {
 			r = guarded.do(t, "GET", "/metrics", "", nil, "Authorization", auth)
 		}
-		if r.Status != 401 || r.ErrorCode() != engine.CodeUnauthorized || bytes.Contains(r.Body, []byte("awardee_")) {
+		if r.Status != 401 || r.ErrorCode(t) != engine.CodeUnauthorized || bytes.Contains(r.Body, []byte("awardee_")) {
 			t.Fatalf("Authorization %q: %d %s", auth, r.Status, r.Body)
 		}
 	}
