@@ -1,0 +1,115 @@
+package main
+
+import (
+	"net"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/awardee/awardee/engine"
+	"github.com/valyala/fasthttp"
+)
+
+// BenchmarkWidgetFlood measures what the public widget key alone gets through an org's window of
+// 50/s (burst 100): flooders open conversations with it, then post round-robin through the
+// visitor tokens they collected, while the team of another org posts one message at a time. It
+// reports the flooded org's visitor messages per second and the other org's p99 post latency,
+// idle and during the flood. One run takes about 2×floodFor; use -benchtime 1x.
+func BenchmarkWidgetFlood(b *testing.B) {
+	const (
+		flooders = 32
+		perFlood = 10 // visitor tokens per flooder, 320 in all, as in the reported attack
+		floodFor = 3 * time.Second
+	)
+	for range b.N {
+		ts := newTestServer(b)
+		target := ts.newOrg(b, 50, 100)
+		other := ts.newOrg(b, 0, 0)
+		otherConv := ts.conversationIn(b, other.APIKey, engine.StatusOpen)
+		client := &fasthttp.HostClient{Addr: ts.URL[len("http://"):], MaxConns: 4 * flooders,
+			Dial: func(addr string) (net.Conn, error) { return net.Dial("tcp", addr) }}
+
+		// Collecting the tokens through the widget key would itself wait on the window; an
+		// attacker collects them ahead, so they are made here outside the measurement.
+		tokens := make([][]engine.CreatedConversation, flooders)
+		for i := range tokens {
+			for range perFlood {
+				opened, err := ts.db.CreateConversation(b.Context(), target.OrgID, engine.NewConversation{}, nil)
+				if err != nil {
+					b.Fatal(err)
+				}
+				tokens[i] = append(tokens[i], opened)
+			}
+		}
+
+		idle := teamLatencies(client, ts.URL, other.APIKey, otherConv, time.Now().Add(floodFor))
+
+		stop := time.Now().Add(floodFor)
+		var posted, refused atomic.Int64
+		var wg sync.WaitGroup
+		for i := range flooders {
+			wg.Go(func() { floodVisitorTokens(client, ts.URL, tokens[i], stop, &posted, &refused) })
+		}
+		start := time.Now()
+		during := teamLatencies(client, ts.URL, other.APIKey, otherConv, stop)
+		wg.Wait()
+		elapsed := time.Since(start).Seconds()
+
+		b.ReportMetric(float64(posted.Load())/elapsed, "visitor-msgs/s")
+		b.ReportMetric(float64(refused.Load())/elapsed, "429s/s")
+		b.ReportMetric(p99(idle).Seconds()*1000, "other-p99-idle-ms")
+		b.ReportMetric(p99(during).Seconds()*1000, "other-p99-flood-ms")
+	}
+}
+
+// floodVisitorTokens posts through each conversation's visitor token in turn until stop.
+func floodVisitorTokens(client *fasthttp.HostClient, base string, convs []engine.CreatedConversation, stop time.Time, posted, refused *atomic.Int64) {
+	req, res := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+	defer fasthttp.ReleaseRequest(req)
+	defer fasthttp.ReleaseResponse(res)
+	for i := 0; time.Now().Before(stop); i++ {
+		c := convs[i%len(convs)]
+		req.Reset()
+		req.Header.SetMethod("POST")
+		req.SetRequestURI(base + "/widget/conversations/" + c.Conversation.ID + "/messages")
+		req.Header.Set("Authorization", "Bearer "+c.VisitorToken)
+		req.SetBodyString(`{"text":"hello?"}`)
+		switch err := client.Do(req, res); {
+		case err != nil:
+		case res.StatusCode() == 201:
+			posted.Add(1)
+		case res.StatusCode() == 429:
+			refused.Add(1)
+		}
+	}
+}
+
+// teamLatencies posts to convID one message at a time until stop and returns each latency.
+func teamLatencies(client *fasthttp.HostClient, base, apiKey, convID string, stop time.Time) []time.Duration {
+	req, res := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+	defer fasthttp.ReleaseRequest(req)
+	defer fasthttp.ReleaseResponse(res)
+	var out []time.Duration
+	for time.Now().Before(stop) {
+		req.Reset()
+		req.Header.SetMethod("POST")
+		req.SetRequestURI(base + "/conversations/" + convID + "/messages")
+		req.Header.Set("Authorization", "Bearer "+apiKey)
+		req.SetBodyString(`{"text":"a reply of ordinary length"}`)
+		start := time.Now()
+		if err := client.Do(req, res); err == nil && res.StatusCode() == 201 {
+			out = append(out, time.Since(start))
+		}
+	}
+	return out
+}
+
+func p99(d []time.Duration) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	slices.Sort(d)
+	return d[(len(d)*99)/100]
+}
