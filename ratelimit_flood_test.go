@@ -1,6 +1,8 @@
 package main
 
 import (
+	"encoding/json"
+	"fmt"
 	"net"
 	"slices"
 	"sync"
@@ -11,6 +13,112 @@ import (
 	"github.com/awardee/awardee/engine"
 	"github.com/valyala/fasthttp"
 )
+
+// TestWidgetFloodStaysInTheOrgWindow: however many conversations the public widget key opens,
+// the org's visitor traffic (the opens and every visitor token's posts together) gets at most
+// burst + rate×seconds requests through. The limiter's clock stands still, so the bound is exact:
+// the flood must get exactly that many through, and everything else is a 429 that stores nothing.
+func TestWidgetFloodStaysInTheOrgWindow(t *testing.T) {
+	ts := newTestServer(t)
+	clock := stopLimiterClock(ts)
+	const (
+		rate, burst = 10, 20
+		flooders    = 8
+		perFlooder  = 40 // requests, so each phase sends 320, far over the window
+	)
+	org := ts.newOrg(t, rate, burst)
+	other := ts.newOrg(t, 1, 1)
+
+	phase := func() (opened, posted int, convs []string) {
+		t.Helper()
+		type tally struct {
+			opened, posted int
+			convs          []string
+			err            error
+		}
+		results := make(chan tally, flooders)
+		for range flooders {
+			go func() {
+				var got tally
+				defer func() { results <- got }()
+				var token, path string
+				for range perFlooder {
+					if token == "" {
+						r, err := ts.try("POST", "/widget/conversations", org.WidgetKey, `{}`)
+						if err != nil || (r.Status != 201 && r.Status != 429) {
+							got.err = fmt.Errorf("open: %d %v %s", r.Status, err, r.Body)
+							return
+						}
+						if r.Status == 429 {
+							continue
+						}
+						var c engine.CreatedConversation
+						if err := json.Unmarshal(r.Body, &c); err != nil {
+							got.err = err
+							return
+						}
+						got.opened++
+						got.convs = append(got.convs, c.Conversation.ID)
+						token, path = c.VisitorToken, "/widget/conversations/"+c.Conversation.ID+"/messages"
+						continue
+					}
+					r, err := ts.try("POST", path, token, `{"text":"flood"}`)
+					if err != nil || (r.Status != 201 && r.Status != 429) {
+						got.err = fmt.Errorf("post: %d %v %s", r.Status, err, r.Body)
+						return
+					}
+					if r.Status == 201 {
+						got.posted++
+					}
+				}
+			}()
+		}
+		deadline := time.After(30 * time.Second)
+		for range flooders {
+			select {
+			case got := <-results:
+				if got.err != nil {
+					t.Fatal(got.err)
+				}
+				opened, posted, convs = opened+got.opened, posted+got.posted, append(convs, got.convs...)
+			case <-deadline:
+				t.Fatal("the flood did not finish within 30 s")
+			}
+		}
+		return opened, posted, convs
+	}
+	stored := func(convs []string) int {
+		t.Helper()
+		n := 0
+		for _, id := range convs {
+			msgs, _, err := ts.db.ListMessages(org.OrgID, id, 0, 100)
+			if err != nil {
+				t.Fatal(err)
+			}
+			n += len(msgs)
+		}
+		return n
+	}
+
+	opened, posted, convs := phase()
+	if opened+posted != burst || opened == 0 {
+		t.Fatalf("with no time passing the flood got %d opens and %d posts through, want %d in all", opened, posted, burst)
+	}
+	if n := stored(convs); n != posted {
+		t.Fatalf("%d messages stored for %d posts answered 201", n, posted)
+	}
+	mustStatus(t, ts.do(t, "GET", "/conversations", other.APIKey, nil), 200) // another org's window is untouched
+
+	const seconds = 2
+	clock.Advance(seconds * time.Second)
+	opened2, posted2, convs2 := phase()
+	if got := opened + posted + opened2 + posted2; got != burst+rate*seconds {
+		t.Fatalf("after %d s the flood had %d requests through, want burst + rate×seconds = %d", seconds, got, burst+rate*seconds)
+	}
+	if n := stored(append(convs, convs2...)); n != posted+posted2 {
+		t.Fatalf("%d messages stored for %d posts answered 201", n, posted+posted2)
+	}
+}
 
 // BenchmarkWidgetFlood measures what the public widget key alone gets through an org's window of
 // 50/s (burst 100): flooders open conversations with it, then post round-robin through the
