@@ -23,7 +23,7 @@ func TestListDefaultsAndPaging(t *testing.T) {
 		NextCursor *string          `json:"next_cursor"`
 	}
 	mustStatus(t, ts.do(t, "GET", "/conversations/"+id+"/messages", org.APIKey, nil), 200).Decode(t, &page)
-	if len(page.Data) != 50 || page.NextCursor == nil || *page.NextCursor != "50" {
+	if len(page.Data) != 50 || page.NextCursor == nil {
 		t.Fatalf("first page: %d items, cursor %v", len(page.Data), page.NextCursor)
 	}
 	mustStatus(t, ts.do(t, "GET", "/conversations/"+id+"/messages?cursor="+*page.NextCursor, org.APIKey, nil), 200).Decode(t, &page)
@@ -36,12 +36,12 @@ func TestListDefaultsAndPaging(t *testing.T) {
 		NextCursor *string        `json:"next_cursor"`
 	}
 	mustStatus(t, ts.do(t, "GET", "/events?after=1&limit=2", org.APIKey, nil), 200).Decode(t, &events)
-	if len(events.Data) != 2 || events.Data[0].Offset != 2 || events.Data[1].Offset != 3 || events.NextCursor == nil || *events.NextCursor != "3" {
+	if len(events.Data) != 2 || events.Data[0].Offset != 2 || events.Data[1].Offset != 3 || events.NextCursor == nil {
 		t.Fatalf("events after 1: %+v cursor %v", events.Data, events.NextCursor)
 	}
 	mustStatus(t, ts.do(t, "GET", "/events?limit=1&cursor="+*events.NextCursor, org.APIKey, nil), 200).Decode(t, &events)
 	if len(events.Data) != 1 || events.Data[0].Offset != 4 {
-		t.Fatalf("events after cursor 3: %+v", events.Data)
+		t.Fatalf("events after the cursor of offset 3: %+v", events.Data)
 	}
 }
 
