@@ -109,10 +109,10 @@ func newBucket(name string, perSecond float64, burst int) *bucket {
 // allow takes one token from every bucket the request spends, or refuses it with 429; either way
 // it sets the RateLimit headers. A refused request costs nothing in any bucket. The last bucket
 // (the shared one: the org's, or its widget bucket) is only spent when it has a token, so a
-// flood's refusals never touch it; the buckets before it (a conversation's, which only its own
-// visitor spends) are reserved first and the reservation is cancelled if a later one refuses.
-// Cancelling is exact only when no other request reserved in between, which is why the shared
-// bucket is never the one cancelled.
+// flood's refusals never touch it; a bucket before it (a conversation's, which only its own
+// visitor spends) is reserved first, and the reservation is cancelled if a later one refuses.
+// Cancelling is exact only when no other request reserved in between (x/time/rate keeps what
+// was reserved after it), which is why the shared bucket is never the one cancelled.
 func (l *limiter) allow(ctx *fasthttp.RequestCtx, who engine.Principal) error {
 	buckets, now, err := l.bucketsFor(who)
 	if err != nil {
@@ -122,7 +122,13 @@ func (l *limiter) allow(ctx *fasthttp.RequestCtx, who engine.Principal) error {
 	reserved := make([]*rate.Reservation, 0, last)
 	var refusedBy *bucket
 	for _, b := range buckets[:last] {
-		r := b.lim.ReserveN(now, 1) // always OK: every bucket has a burst of at least 1
+		if b.lim.TokensAt(now) < 1 {
+			refusedBy = b
+			break
+		}
+		// Always OK: every bucket has a burst of at least 1. A delay means a concurrent request
+		// took the last token since the check above.
+		r := b.lim.ReserveN(now, 1)
 		if r.DelayFrom(now) > 0 {
 			r.CancelAt(now)
 			refusedBy = b

@@ -121,16 +121,32 @@ func TestWidgetFloodStaysInTheOrgWindow(t *testing.T) {
 }
 
 // BenchmarkWidgetFlood measures what the public widget key alone gets through an org's window of
-// 50/s (burst 100): flooders open conversations with it, then post round-robin through the
-// visitor tokens they collected, while the team of another org posts one message at a time. It
-// reports the flooded org's visitor messages per second and the other org's p99 post latency,
-// idle and during the flood. One run takes about 2×floodFor; use -benchtime 1x.
+// 50/s (burst 100): flooders post round-robin through visitor tokens the widget key handed out,
+// while the team of another org posts one message at a time. It reports the flooded org's
+// visitor messages per second and the other org's p99 post latency, idle and during the flood.
+// The flood is run unpaced (each flooder sends as soon as it has its answer, so cheap refusals
+// mean more requests) and paced at a fixed offered rate (the same requests whatever the
+// answers). One run takes about 2×floodFor per case; use -benchtime 1x.
 func BenchmarkWidgetFlood(b *testing.B) {
+	for _, offered := range []int{0, 2000} {
+		name := "unpaced"
+		if offered > 0 {
+			name = fmt.Sprintf("offered=%d/s", offered)
+		}
+		b.Run(name, func(b *testing.B) { benchmarkWidgetFlood(b, offered) })
+	}
+}
+
+func benchmarkWidgetFlood(b *testing.B, offered int) {
 	const (
 		flooders = 32
 		perFlood = 10 // visitor tokens per flooder, 320 in all, as in the reported attack
 		floodFor = 3 * time.Second
 	)
+	var interval time.Duration // between one flooder's requests; 0: none
+	if offered > 0 {
+		interval = time.Second * flooders / time.Duration(offered)
+	}
 	for range b.N {
 		ts := newTestServer(b)
 		target := ts.newOrg(b, 50, 100)
@@ -158,7 +174,7 @@ func BenchmarkWidgetFlood(b *testing.B) {
 		var posted, refused atomic.Int64
 		var wg sync.WaitGroup
 		for i := range flooders {
-			wg.Go(func() { floodVisitorTokens(client, ts.URL, tokens[i], stop, &posted, &refused) })
+			wg.Go(func() { floodVisitorTokens(client, ts.URL, tokens[i], interval, stop, &posted, &refused) })
 		}
 		start := time.Now()
 		during := teamLatencies(client, ts.URL, other.APIKey, otherConv, stop)
@@ -172,12 +188,18 @@ func BenchmarkWidgetFlood(b *testing.B) {
 	}
 }
 
-// floodVisitorTokens posts through each conversation's visitor token in turn until stop.
-func floodVisitorTokens(client *fasthttp.HostClient, base string, convs []engine.CreatedConversation, stop time.Time, posted, refused *atomic.Int64) {
+// floodVisitorTokens posts through each conversation's visitor token in turn until stop, one
+// request every interval (0: as fast as the answers come).
+func floodVisitorTokens(client *fasthttp.HostClient, base string, convs []engine.CreatedConversation, interval time.Duration, stop time.Time, posted, refused *atomic.Int64) {
 	req, res := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
 	defer fasthttp.ReleaseRequest(req)
 	defer fasthttp.ReleaseResponse(res)
+	next := time.Now()
 	for i := 0; time.Now().Before(stop); i++ {
+		if interval > 0 { // pacing the load generator, not waiting on the server
+			next = next.Add(interval)
+			time.Sleep(time.Until(next))
+		}
 		c := convs[i%len(convs)]
 		req.Reset()
 		req.Header.SetMethod("POST")
