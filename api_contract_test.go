@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/awardee/awardee/engine"
-	"github.com/awardee/awardee/internal/testkit"
 )
 
 // TestListDefaultsAndPaging: section 3's default limit of 50 and the cursor that follows it, and
@@ -24,7 +23,7 @@ func TestListDefaultsAndPaging(t *testing.T) {
 		NextCursor *string          `json:"next_cursor"`
 	}
 	mustStatus(t, ts.do(t, "GET", "/conversations/"+id+"/messages", org.APIKey, nil), 200).Decode(t, &page)
-	if len(page.Data) != 50 || page.NextCursor == nil || *page.NextCursor != "50" {
+	if len(page.Data) != 50 || page.NextCursor == nil {
 		t.Fatalf("first page: %d items, cursor %v", len(page.Data), page.NextCursor)
 	}
 	mustStatus(t, ts.do(t, "GET", "/conversations/"+id+"/messages?cursor="+*page.NextCursor, org.APIKey, nil), 200).Decode(t, &page)
@@ -37,12 +36,12 @@ func TestListDefaultsAndPaging(t *testing.T) {
 		NextCursor *string        `json:"next_cursor"`
 	}
 	mustStatus(t, ts.do(t, "GET", "/events?after=1&limit=2", org.APIKey, nil), 200).Decode(t, &events)
-	if len(events.Data) != 2 || events.Data[0].Offset != 2 || events.Data[1].Offset != 3 || events.NextCursor == nil || *events.NextCursor != "3" {
+	if len(events.Data) != 2 || events.Data[0].Offset != 2 || events.Data[1].Offset != 3 || events.NextCursor == nil {
 		t.Fatalf("events after 1: %+v cursor %v", events.Data, events.NextCursor)
 	}
 	mustStatus(t, ts.do(t, "GET", "/events?limit=1&cursor="+*events.NextCursor, org.APIKey, nil), 200).Decode(t, &events)
 	if len(events.Data) != 1 || events.Data[0].Offset != 4 {
-		t.Fatalf("events after cursor 3: %+v", events.Data)
+		t.Fatalf("events after the cursor of offset 3: %+v", events.Data)
 	}
 }
 
@@ -112,6 +111,7 @@ func TestIdempotencyStoresEvery4xx(t *testing.T) {
 // key runs for real.
 func TestRateLimitComesBeforeIdempotencyAndLookups(t *testing.T) {
 	ts := newTestServer(t)
+	clock := stopLimiterClock(ts)
 	org := ts.newOrg(t, 1, 1)
 	r := mustStatus(t, ts.do(t, "POST", "/conversations", org.APIKey, `{}`, "Idempotency-Key", "k"), 201)
 	replay := mustStatus(t, ts.do(t, "POST", "/conversations", org.APIKey, `{}`, "Idempotency-Key", "k"), 429)
@@ -121,8 +121,7 @@ func TestRateLimitComesBeforeIdempotencyAndLookups(t *testing.T) {
 	mustStatus(t, ts.do(t, "POST", "/conversations/conv_01M899DNT7KPS2S7A5S3JHKYC7/messages", org.APIKey, `{"text":"x"}`), 429)
 	refused := mustStatus(t, ts.do(t, "POST", "/conversations", org.APIKey, `{}`, "Idempotency-Key", "fresh"), 429)
 	retry, _ := strconv.Atoi(refused.Header.Get("Retry-After"))
-	until := time.Now().Add(time.Duration(retry) * time.Second)
-	testkit.WaitFor(t, "Retry-After to pass", func() bool { return time.Now().After(until) })
+	clock.Advance(time.Duration(retry) * time.Second)
 	ran := mustStatus(t, ts.do(t, "POST", "/conversations", org.APIKey, `{}`, "Idempotency-Key", "fresh"), 201)
 	if ran.Header.Get("Idempotent-Replayed") != "" || string(ran.Body) == string(r.Body) {
 		t.Fatal("the 429 was stored under its key")

@@ -1,7 +1,7 @@
 package main
 
 import (
-	"encoding/base64"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -73,13 +73,15 @@ func (s *server) listConversations(c *call) (any, error) {
 		return nil, err
 	}
 	args := c.ctx.QueryArgs()
+	status := string(args.Peek("status"))
+	listName := cursorList(c, status)
 	var cursor []byte
 	if raw := args.Peek("cursor"); len(raw) > 0 {
-		if cursor, err = base64.RawURLEncoding.DecodeString(string(raw)); err != nil {
-			return nil, engine.Errorf(engine.CodeValidation, "cursor is not one this API gave out").WithDetails(map[string]any{"field": "cursor"})
+		if cursor, err = s.db.OpenCursor(listName, string(raw)); err != nil {
+			return nil, err
 		}
 	}
-	convs, next, err := s.db.ListConversations(c.orgID(), engine.Status(args.Peek("status")), cursor, limit)
+	convs, next, err := s.db.ListConversations(c.orgID(), engine.Status(status), cursor, limit)
 	if err != nil {
 		return nil, err
 	}
@@ -88,8 +90,8 @@ func (s *server) listConversations(c *call) (any, error) {
 		page.Data = []engine.Conversation{}
 	}
 	if next != nil {
-		s := base64.RawURLEncoding.EncodeToString(next)
-		page.NextCursor = &s
+		sealed := s.db.SealCursor(listName, next)
+		page.NextCursor = &sealed
 	}
 	return page, nil
 }
@@ -205,23 +207,43 @@ func (s *server) requestAgent(c *call) (any, error) {
 	return s.db.RequestAgent(c.engineCtx, c.orgID(), id, c.idem)
 }
 
-// afterParam reads a "resume after this position" parameter: ?after=N, or the opaque cursor of a
-// previous page (which encodes the same number).
-func afterParam(c *call, name string) (uint64, error) {
+// cursorList names the list a cursor pages through: the org, the route's path (which holds the
+// conversation of a message list) and the filter, so a cursor of one list is refused on another.
+func cursorList(c *call, filter string) string {
+	return c.orgID() + "\x00" + string(c.ctx.Path()) + "\x00" + filter
+}
+
+// afterParam reads a "resume after this position" parameter: the sealed cursor of a previous
+// page, or else ?after=N, the plain position the contract lets a client resume from.
+func (s *server) afterParam(c *call, name string) (uint64, error) {
 	args := c.ctx.QueryArgs()
-	raw := args.Peek("cursor")
-	field := "cursor"
-	if len(raw) == 0 {
-		raw, field = args.Peek(name), name
+	if raw := args.Peek("cursor"); len(raw) > 0 {
+		position, err := s.db.OpenCursor(cursorList(c, ""), string(raw))
+		if err != nil {
+			return 0, err
+		}
+		if len(position) != 8 {
+			return 0, engine.Errorf(engine.CodeValidation, "cursor is not one this list gave out").WithDetails(map[string]any{"field": "cursor"})
+		}
+		return binary.BigEndian.Uint64(position), nil
 	}
+	raw := args.Peek(name)
 	if len(raw) == 0 {
 		return 0, nil
 	}
 	n, err := strconv.ParseUint(string(raw), 10, 63)
 	if err != nil {
-		return 0, engine.Errorf(engine.CodeValidation, "%s must be a whole number of at least 0", field).WithDetails(map[string]any{"field": field})
+		return 0, engine.Errorf(engine.CodeValidation, "%s must be a whole number of at least 0", name).WithDetails(map[string]any{"field": name})
 	}
 	return n, nil
+}
+
+// sealPosition returns the cursor of c's list that resumes after position.
+func (s *server) sealPosition(c *call) func(position uint64) string {
+	listName := cursorList(c, "")
+	return func(position uint64) string {
+		return s.db.SealCursor(listName, binary.BigEndian.AppendUint64(nil, position))
+	}
 }
 
 func (s *server) listMessages(c *call) (any, error) {
@@ -233,7 +255,7 @@ func (s *server) listMessages(c *call) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	after, err := afterParam(c, "after")
+	after, err := s.afterParam(c, "after")
 	if err != nil {
 		return nil, err
 	}
@@ -241,7 +263,7 @@ func (s *server) listMessages(c *call) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	return positionPage(msgs, more, func(m engine.Message) uint64 { return m.Seq }), nil
+	return positionPage(msgs, more, func(m engine.Message) uint64 { return m.Seq }, s.sealPosition(c)), nil
 }
 
 func (s *server) listEvents(c *call) (any, error) {
@@ -249,7 +271,7 @@ func (s *server) listEvents(c *call) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	after, err := afterParam(c, "after")
+	after, err := s.afterParam(c, "after")
 	if err != nil {
 		return nil, err
 	}
@@ -257,15 +279,15 @@ func (s *server) listEvents(c *call) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	return positionPage(events, more, func(e engine.Event) uint64 { return e.Offset }), nil
+	return positionPage(events, more, func(e engine.Event) uint64 { return e.Offset }, s.sealPosition(c)), nil
 }
 
-// positionPage is a page of a list ordered by a position (seq, offset); its cursor is the last
-// item's position, which is also what ?after= takes.
-func positionPage[T any](items []T, more bool, position func(T) uint64) list[T] {
+// positionPage is a page of a list ordered by a position (seq, offset); its cursor seals the last
+// item's position, which is also what ?after= takes in the clear.
+func positionPage[T any](items []T, more bool, position func(T) uint64, seal func(uint64) string) list[T] {
 	page := list[T]{Data: items}
 	if more {
-		next := strconv.FormatUint(position(items[len(items)-1]), 10)
+		next := seal(position(items[len(items)-1]))
 		page.NextCursor = &next
 	}
 	return page

@@ -159,8 +159,8 @@ func orgCreateCommand(args []string, stdout io.Writer) error {
 	if err := parseWithEnv(fs, args); err != nil {
 		return err
 	}
-	if *rate <= 0 || *burst < 1 {
-		return errors.New("--rate must be positive and --burst at least 1")
+	if err := checkRateFlags(rate, burst); err != nil {
+		return err
 	}
 	db, err := openOffline(*dir)
 	if err != nil {
@@ -192,6 +192,9 @@ func orgUpdateCommand(args []string, stdout io.Writer) error {
 			u.Burst = burst
 		}
 	})
+	if err := checkRateFlags(u.Rate, u.Burst); err != nil {
+		return err
+	}
 	db, err := openOffline(*dir)
 	if err != nil {
 		return err
@@ -202,6 +205,22 @@ func orgUpdateCommand(args []string, stdout io.Writer) error {
 		return err
 	}
 	return printJSON(stdout, org)
+}
+
+// checkRateFlags refuses a --rate or --burst (nil when not given) outside section 8's bounds
+// before any database is opened.
+func checkRateFlags(rate *float64, burst *int) error {
+	if rate != nil {
+		if err := engine.CheckRate(*rate); err != nil {
+			return fmt.Errorf("--rate: %w", err)
+		}
+	}
+	if burst != nil {
+		if err := engine.CheckBurst(*burst); err != nil {
+			return fmt.Errorf("--burst: %w", err)
+		}
+	}
+	return nil
 }
 
 func keyCreateCommand(args []string, stdout io.Writer) error {

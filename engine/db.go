@@ -44,6 +44,7 @@ import (
 //	meta      "count/" + status                               → uint64: conversations per status
 //	          "usage/" + org id                               → Usage (JSON): billed asset bytes and count
 //	          "schema"                                        → uint64: schemaVersion
+//	          "cursor_key"                                    → 32 random bytes: the MAC key of list cursors (cursor.go)
 //	probe     "probe"                                         → probeSize zero bytes: the write that
 //	          tells a full disk from one with room again (its own bucket, so no other write rewrites it)
 //
@@ -123,6 +124,8 @@ type DB struct {
 
 	authMu    sync.Mutex
 	authCache map[[32]byte]authEntry
+
+	cursorKey []byte // seals list cursors; made once per database
 }
 
 // DatabaseFile is the name of the bbolt file inside a data directory.
@@ -185,6 +188,7 @@ func Open(dir string, opts Options) (*DB, error) {
 	if err != nil {
 		return nil, err
 	}
+	var cursorKey []byte
 	err = recovered(func() error {
 		return b.Update(func(tx *bolt.Tx) error {
 			for _, name := range allBuckets {
@@ -197,7 +201,12 @@ func Open(dir string, opts Options) (*DB, error) {
 					return err
 				}
 			}
-			return checkSchema(tx.Bucket(bucketMeta))
+			if err := checkSchema(tx.Bucket(bucketMeta)); err != nil {
+				return err
+			}
+			key, err := ensureCursorKey(tx.Bucket(bucketMeta))
+			cursorKey = key
+			return err
 		})
 	})
 	if err != nil {
@@ -207,7 +216,7 @@ func Open(dir string, opts Options) (*DB, error) {
 		}
 		return nil, err
 	}
-	db := &DB{bolt: b, path: path, feed: newFeed(), clock: opts.Now, plugins: plugins, authCache: make(map[[32]byte]authEntry)}
+	db := &DB{bolt: b, path: path, feed: newFeed(), clock: opts.Now, plugins: plugins, authCache: make(map[[32]byte]authEntry), cursorKey: cursorKey}
 	db.commits = startCommitter(db, opts.MaxBatch)
 	return db, nil
 }
