@@ -252,6 +252,8 @@ func (s *server) routes() fasthttp.RequestHandler {
 	api("GET", "/conversations/{id}/messages", engine.KeyAPI, 200, s.listMessages)
 	api("POST", "/conversations/{id}/bot-messages", engine.KeyAPI, 201, s.postBotMessage)
 	api("GET", "/events", engine.KeyAPI, 200, s.listEvents)
+	api("GET", "/assets", engine.KeyAPI, 200, s.listAssets)
+	api("GET", "/usage", engine.KeyAPI, 200, s.usage)
 
 	api("POST", "/widget/conversations", engine.KeyWidget, 201, s.widgetCreateConversation)
 	api("GET", "/widget/conversations/{id}", engine.KeyVisitor, 200, s.getConversation)
