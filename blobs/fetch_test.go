@@ -90,6 +90,15 @@ func newImageServer(t testing.TB) *imageServer {
 			}
 		}
 	})
+	mux.HandleFunc("/declared-oversize", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", strconv.Itoa(DefaultMaxBytes+1))
+		_, _ = w.Write(s.fixtures["png"].body)
+		w.(http.Flusher).Flush()
+		select {
+		case <-r.Context().Done():
+		case <-s.release:
+		}
+	})
 	mux.HandleFunc("/hang", func(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-r.Context().Done():
@@ -116,6 +125,7 @@ func newImageServer(t testing.TB) *imageServer {
 		http.Redirect(w, r, r.URL.Query().Get("u"), http.StatusFound)
 	})
 	mux.HandleFunc("/cookie-then-headers", func(w http.ResponseWriter, r *http.Request) {
+		s.headers <- r.Header.Clone()
 		http.SetCookie(w, &http.Cookie{Name: "session", Value: "secret"})
 		http.Redirect(w, r, "/headers", http.StatusFound)
 	})
@@ -315,22 +325,39 @@ func TestFetchSendsNoCredentials(t *testing.T) {
 	if _, err := f.FetchImage(context.Background(), s, u); err != nil {
 		t.Fatal(err)
 	}
-	h := <-srv.headers
-	for _, name := range []string{"Authorization", "Cookie", "Referer", "Proxy-Authorization"} {
-		if v := h.Get(name); v != "" {
-			t.Errorf("%s forwarded: %q", name, v)
+	for hop := range 2 { // the first request and the redirect after the cookie was set
+		h := <-srv.headers
+		for _, name := range []string{"Authorization", "Cookie", "Referer", "Proxy-Authorization"} {
+			if v := h.Get(name); v != "" {
+				t.Errorf("hop %d: %s forwarded: %q", hop, name, v)
+			}
+		}
+		if ua := h.Get("User-Agent"); ua != UserAgent {
+			t.Errorf("hop %d: User-Agent %q, want %q", hop, ua, UserAgent)
+		}
+		for name := range h {
+			switch name {
+			case "User-Agent", "Accept":
+			default:
+				t.Errorf("hop %d: unexpected header sent: %s: %q", hop, name, h.Get(name))
+			}
 		}
 	}
-	if ua := h.Get("User-Agent"); ua != UserAgent {
-		t.Errorf("User-Agent %q, want %q", ua, UserAgent)
+}
+
+func TestFetchRefusesADeclaredOversizeBodyWithoutReadingIt(t *testing.T) {
+	srv := newImageServer(t)
+	// The body never comes: only an answer from the declared length can be quick.
+	f, s, dir := fetcherAndStore(t, FetchOptions{AllowPrivate: true, Timeout: 3 * time.Second})
+	start := time.Now()
+	_, err := f.FetchImage(context.Background(), s, srv.URL+"/declared-oversize")
+	if ReasonOf(err) != ReasonTooLarge {
+		t.Fatalf("reason %v, want too_large", err)
 	}
-	for name := range h {
-		switch name {
-		case "User-Agent", "Accept":
-		default:
-			t.Errorf("unexpected header sent: %s: %q", name, h.Get(name))
-		}
+	if took := time.Since(start); took > 2*time.Second {
+		t.Fatalf("took %v: the fetch waited for a body it should not read", took)
 	}
+	assertNothingStored(t, s, dir)
 }
 
 func TestFetchRefusesForbiddenHostsWithoutARequest(t *testing.T) {
