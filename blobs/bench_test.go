@@ -6,11 +6,13 @@ import (
 	"encoding/binary"
 	"image"
 	"image/png"
+	"io"
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
 	"testing"
+	"time"
 )
 
 // bigPNG is a real, uncompressed PNG of noise just under the 15 MiB limit once the per-request
@@ -67,6 +69,50 @@ func BenchmarkFetchImage(b *testing.B) {
 					b.Fatalf("asset %+v", a)
 				}
 			}
+		})
+	}
+}
+
+// BenchmarkOpenBlob reads one 15 MiB blob from 32 goroutines at once. "verified" is the usual
+// read, vouched for by the cache; "rehash" re-hashes on every open (ReverifyAfter of 1ns), the
+// worst case, where VerifyConcurrency and pooled buffers keep memory flat: compare B/op.
+func BenchmarkOpenBlob(b *testing.B) {
+	data := make([]byte, DefaultMaxBytes)
+	r := rand.New(rand.NewPCG(3, 4))
+	for i := range data {
+		data[i] = byte(r.Uint32())
+	}
+	for _, mode := range []struct {
+		name  string
+		every time.Duration
+	}{{"verified", 0}, {"rehash", time.Nanosecond}} {
+		b.Run(mode.name, func(b *testing.B) {
+			s, err := Open(b.TempDir(), Options{ReverifyAfter: mode.every})
+			if err != nil {
+				b.Fatal(err)
+			}
+			st, err := s.Put(context.Background(), bytes.NewReader(data))
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.SetBytes(int64(len(data)))
+			b.ReportAllocs()
+			b.SetParallelism(16)
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					blob, err := s.Open(context.Background(), st.Hash)
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					_, err = io.Copy(io.Discard, blob)
+					blob.Close()
+					if err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
 		})
 	}
 }

@@ -99,6 +99,11 @@ func newImageServer(t testing.TB) *imageServer {
 		case <-s.release:
 		}
 	})
+	mux.HandleFunc("/short-body", func(w http.ResponseWriter, r *http.Request) {
+		body := s.fixtures["png"].body
+		w.Header().Set("Content-Length", strconv.Itoa(len(body)+100))
+		_, _ = w.Write(body) // then the handler ends: the connection closes short
+	})
 	mux.HandleFunc("/hang", func(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-r.Context().Done():
@@ -244,6 +249,7 @@ func TestFetchImageRefusals(t *testing.T) {
 		{"/svg", ReasonNotImage},
 		{"/one-over", ReasonTooLarge},
 		{"/one-over-chunked", ReasonTooLarge},
+		{"/short-body", ReasonFetchFailed},
 		{"/status/404", ReasonFetchFailed},
 		{"/status/500", ReasonFetchFailed},
 		{"/status/204", ReasonNotImage}, // 2xx with no body: nothing to decode

@@ -53,7 +53,9 @@ const (
 //     file system, so the rename into place is atomic) and never under a blob's name; Open
 //     of the store deletes whatever an interrupted put left in tmp.
 //   - The hash is computed from the bytes as they stream in, never in a second pass.
-//   - Putting bytes that are already stored writes no blob: no rename, no fsync.
+//   - Putting bytes that are already stored writes no blob: no rename, no fsync. (The bytes
+//     still stream through an unsynced temporary file, since the hash is only known at the
+//     end; it is deleted at once.)
 //   - A read never returns bytes that do not hash to their name: it returns ErrCorrupt.
 //
 // A Store is safe for concurrent use. It assumes it is the only process writing its directory
@@ -296,19 +298,38 @@ func syncDir(dir string) error {
 	return nil
 }
 
-// Blob is an open, verified blob. It reads straight from its file (Read, ReadAt, Seek), so a
-// Range request costs no copy and a reader holds no buffer. Close it.
+// Blob is an open, verified blob. It reads straight from its file, so a Range request costs no
+// copy, a reader holds no buffer, and io.Copy to a socket can use sendfile (WriteTo). Close it.
 type Blob struct {
-	*os.File
-	hash Hash
-	size int64
+	f       *os.File
+	hash    Hash
+	size    int64
+	modTime time.Time
 }
+
+// Read reads from the current offset.
+func (b *Blob) Read(p []byte) (int, error) { return b.f.Read(p) }
+
+// ReadAt reads at an absolute offset, independent of Read and Seek.
+func (b *Blob) ReadAt(p []byte, off int64) (int, error) { return b.f.ReadAt(p, off) }
+
+// Seek sets the offset of the next Read.
+func (b *Blob) Seek(off int64, whence int) (int64, error) { return b.f.Seek(off, whence) }
+
+// WriteTo copies the rest of the blob to w, with sendfile when w is a socket.
+func (b *Blob) WriteTo(w io.Writer) (int64, error) { return b.f.WriteTo(w) }
+
+// Close releases the file.
+func (b *Blob) Close() error { return b.f.Close() }
 
 // Size is the blob's length in bytes.
 func (b *Blob) Size() int64 { return b.size }
 
 // Hash is the blob's name.
 func (b *Blob) Hash() Hash { return b.hash }
+
+// ModTime is when the blob was first stored.
+func (b *Blob) ModTime() time.Time { return b.modTime }
 
 // Open returns the blob named h, checked against its hash: ErrNotFound when it is not stored,
 // ErrCorrupt when its bytes no longer match. See Options.ReverifyAfter for when the check is a
@@ -335,7 +356,7 @@ func (s *Store) Open(ctx context.Context, h Hash) (*Blob, error) {
 			return nil, err
 		}
 	}
-	return &Blob{File: f, hash: h, size: fi.Size()}, nil
+	return &Blob{f: f, hash: h, size: fi.Size(), modTime: fi.ModTime()}, nil
 }
 
 // Verify re-hashes the blob named h now, whatever the cache says: nil, ErrNotFound or
