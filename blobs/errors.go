@@ -17,8 +17,8 @@ const (
 )
 
 const (
-	msgScheme     = "attachment URLs must be absolute http or https URLs"
-	msgUnsafeHost = "the attachment URL points at a private, loopback or otherwise unsafe host"
+	msgScheme     = "the URL must be an absolute http or https URL"
+	msgUnsafeHost = "the URL points at a private, loopback or otherwise unsafe host"
 )
 
 // Error is a refusal the client may see: a Reason from the contract, the URL as the client gave

@@ -332,8 +332,15 @@ func (b *Blob) Hash() Hash { return b.hash }
 func (b *Blob) ModTime() time.Time { return b.modTime }
 
 // Open returns the blob named h, checked against its hash: ErrNotFound when it is not stored,
-// ErrCorrupt when its bytes no longer match. See Options.ReverifyAfter for when the check is a
-// full re-hash and when it is a look at the file's metadata.
+// ErrCorrupt when its bytes no longer match.
+//
+// The check is a full re-hash the first time a file is opened, whenever its inode, size, mtime
+// or ctime differ from the last good check, and after Options.ReverifyAfter; otherwise the
+// remembered verdict stands. Hashing on every read would mean either holding each blob in
+// memory until its last byte is checked (15 MiB a reader) or reading it twice; remembering the
+// verdict keeps a read to one pass over the file with no buffer, while at most
+// VerifyConcurrency hashes run at once, each with one pooled 256 KiB buffer, and concurrent
+// opens of one unchecked blob share a single hash.
 func (s *Store) Open(ctx context.Context, h Hash) (*Blob, error) {
 	f, err := os.Open(s.path(h))
 	if errors.Is(err, fs.ErrNotExist) {
