@@ -10,6 +10,7 @@ require (
 	github.com/valyala/fasthttp v1.78.0
 	github.com/zeebo/blake3 v0.2.4
 	go.etcd.io/bbolt v1.4.3
+	golang.org/x/image v0.47.0
 	golang.org/x/time v0.16.0
 )
 
