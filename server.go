@@ -8,11 +8,13 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"path/filepath"
 	"runtime/debug"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/awardee/awardee/blobs"
 	"github.com/awardee/awardee/engine"
 	"github.com/fasthttp/router"
 	"github.com/valyala/fasthttp"
@@ -53,6 +55,8 @@ type server struct {
 	limits   *limiter
 	inflight *inflightKeys
 	attach   attacher
+	blobs    *blobs.Store
+	fetcher  *blobs.Fetcher
 	conns    connStats
 	maxConns int
 
@@ -73,7 +77,18 @@ func newServer(cfg Config, log *slog.Logger, out io.Writer) (*server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &server{cfg: cfg, db: db, log: log, inflight: newInflightKeys(), attach: refuseAttachments{}}
+	store, err := blobs.Open(filepath.Join(cfg.Data, "blobs"), blobs.Options{})
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	publicURL := cfg.PublicURL
+	if publicURL == "" {
+		publicURL = "http://" + cfg.Addr
+	}
+	fetcher := blobs.NewFetcher(blobs.FetchOptions{AllowPrivate: cfg.AllowPrivateNetworks})
+	s := &server{cfg: cfg, db: db, log: log, inflight: newInflightKeys(), blobs: store, fetcher: fetcher,
+		attach: &fetchAttacher{fetcher: fetcher, store: store, publicURL: publicURL, log: log}}
 	if err := s.bootstrap(out); err != nil {
 		db.Close()
 		return nil, err
@@ -107,7 +122,24 @@ func newServer(cfg Config, log *slog.Logger, out io.Writer) (*server, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s.stopBackground = cancel
-	s.background.Add(2)
+	s.background.Add(3)
+	go func() {
+		defer s.background.Done()
+		ticker := time.NewTicker(cfg.SweepEvery)
+		defer ticker.Stop()
+		for {
+			if n, err := s.sweepOrphanBlobs(ctx); err != nil && ctx.Err() == nil {
+				log.Error("sweep failed", "what", "orphan blobs", "err", err)
+			} else if n > 0 {
+				log.Info("deleted orphan blobs", "count", n)
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-ticker.C:
+			}
+		}
+	}()
 	go func() {
 		defer s.background.Done()
 		db.RunMaintenance(ctx, engine.Maintenance{
@@ -165,6 +197,7 @@ func (s *server) Close(ctx context.Context) error {
 		}
 		s.stopBackground()
 		s.background.Wait()
+		s.fetcher.Close()
 		s.closeErr = errors.Join(drainErr, s.db.Close())
 	})
 	return s.closeErr
@@ -254,6 +287,7 @@ func (s *server) routes() fasthttp.RequestHandler {
 	api("GET", "/events", engine.KeyAPI, 200, s.listEvents)
 	api("GET", "/assets", engine.KeyAPI, 200, s.listAssets)
 	api("GET", "/usage", engine.KeyAPI, 200, s.usage)
+	r.GET("/files/{org}/{file}", s.serveFile)
 
 	api("POST", "/widget/conversations", engine.KeyWidget, 201, s.widgetCreateConversation)
 	api("GET", "/widget/conversations/{id}", engine.KeyVisitor, 200, s.getConversation)
