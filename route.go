@@ -3,13 +3,13 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/awardee/awardee/engine"
+	json "github.com/go-json-experiment/json"
 	"github.com/oklog/ulid/v2"
 	"github.com/valyala/fasthttp"
 	"github.com/zeebo/blake3"
@@ -136,6 +136,7 @@ func (s *server) finish(c *call, okStatus int, h handler) {
 		return
 	}
 	if err == nil {
+		// json/v2, as the engine encodes what it stores: a reply then has the same bytes keyed or not.
 		body, mErr := json.Marshal(result)
 		if mErr != nil {
 			s.writeError(c.ctx, mErr)
