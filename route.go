@@ -135,6 +135,10 @@ func (s *server) finish(c *call, okStatus int, h handler) {
 		writeJSON(c.ctx, okStatus, c.idem.Stored) // the very bytes a replay will return
 		return
 	}
+	if page, ok := result.(selfWriting); ok && err == nil {
+		page.writeResponse(c.ctx, okStatus) // a list page, encoded under its bound (shed.go)
+		return
+	}
 	if err == nil {
 		// json/v2, as the engine encodes what it stores: a reply then has the same bytes keyed or not.
 		body, mErr := json.Marshal(result)
