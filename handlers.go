@@ -1,13 +1,18 @@
 package main
 
 import (
+	"bytes"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
 	"strconv"
+	"strings"
+	"sync"
 
 	"github.com/awardee/awardee/engine"
+	json "github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
 )
 
 // list is the contract's page shape.
@@ -101,22 +106,26 @@ func (s *server) patchConversation(c *call) (any, error) {
 	if _, err := s.db.Conversation(c.orgID(), id); err != nil {
 		return nil, err
 	}
-	var fields map[string]json.RawMessage
+	// Raw values keep "absent" apart from null: {"assignee":null} unassigns, {} leaves it.
+	var fields struct {
+		Status   jsontext.Value `json:"status"`
+		Assignee jsontext.Value `json:"assignee"`
+	}
 	if err := decodeJSON(c.ctx.PostBody(), &fields, false); err != nil {
 		return nil, err
 	}
 	var patch engine.ConversationPatch
-	if raw, ok := fields["status"]; ok {
+	if fields.Status != nil {
 		var st string
-		if err := json.Unmarshal(raw, &st); err != nil {
+		if err := json.Unmarshal(fields.Status, &st); err != nil {
 			return nil, fieldTypeError("status", "a string")
 		}
 		status := engine.Status(st)
 		patch.Status = &status
 	}
-	if raw, ok := fields["assignee"]; ok {
+	if fields.Assignee != nil {
 		patch.SetAssignee = true
-		if err := json.Unmarshal(raw, &patch.Assignee); err != nil {
+		if err := json.Unmarshal(fields.Assignee, &patch.Assignee); err != nil {
 			return nil, fieldTypeError("assignee", "a string or null")
 		}
 	}
@@ -293,8 +302,12 @@ func positionPage[T any](items []T, more bool, position func(T) uint64, seal fun
 	return page
 }
 
-// decodeJSON decodes one JSON object; unknown fields are ignored. An empty body is an empty
-// object when emptyOK (endpoints whose every field is optional).
+// decodeJSON decodes one JSON object into v, the one decoder of every request body. It is strict
+// where readers could disagree (section 3): invalid UTF-8, a lone surrogate escape, a member name
+// given twice, or a name that matches one of v's fields only when case is ignored ("TEXT") are
+// validation errors, so what is stored is exactly what any JSON reader sees in the body. Unknown
+// fields are ignored. An empty body is an empty object when emptyOK (endpoints whose every field
+// is optional).
 func decodeJSON(raw []byte, v any, emptyOK bool) error {
 	if len(raw) == 0 && emptyOK {
 		return nil
@@ -303,15 +316,156 @@ func decodeJSON(raw []byte, v any, emptyOK bool) error {
 	if len(trimmed) == 0 || trimmed[0] != '{' {
 		return engine.Errorf(engine.CodeValidation, "the body must be a JSON object")
 	}
+	// json/v2's defaults are the strict rules above, except the case check, which it has no
+	// option for: with case-insensitive matching off, "TEXT" would be silently ignored.
 	if err := json.Unmarshal(trimmed, v); err != nil {
-		var typeErr *json.UnmarshalTypeError
-		if errors.As(err, &typeErr) && typeErr.Field != "" {
-			return engine.Errorf(engine.CodeValidation, "%s has the wrong type (got %s)", typeErr.Field, typeErr.Value).
-				WithDetails(map[string]any{"field": typeErr.Field})
-		}
-		return engine.Errorf(engine.CodeValidation, "the body is not valid JSON: %s", err.Error())
+		return decodeError(err)
+	}
+	path, err := miscasedName(jsontext.NewDecoder(bytes.NewReader(trimmed)), reflect.TypeOf(v), "")
+	if err != nil {
+		return decodeError(err)
+	}
+	if path != "" {
+		return engine.Errorf(engine.CodeValidation, "%s is not a field of this body; field names are case-sensitive", path).
+			WithDetails(map[string]any{"field": path})
 	}
 	return nil
+}
+
+// decodeError words a json/v2 error in the contract's envelope, naming the field at fault.
+func decodeError(err error) error {
+	var semErr *json.SemanticError
+	if errors.As(err, &semErr) && semErr.JSONPointer != "" {
+		field := fieldPath(semErr.JSONPointer)
+		return engine.Errorf(engine.CodeValidation, "%s has the wrong type (got %s)", field, jsonKindName(semErr.JSONKind)).
+			WithDetails(map[string]any{"field": field})
+	}
+	var synErr *jsontext.SyntacticError
+	if errors.As(err, &synErr) && synErr.JSONPointer != "" {
+		field := fieldPath(synErr.JSONPointer)
+		if errors.Is(synErr.Err, jsontext.ErrDuplicateName) {
+			return engine.Errorf(engine.CodeValidation, "%s appears more than once in the body", field).
+				WithDetails(map[string]any{"field": field})
+		}
+		return engine.Errorf(engine.CodeValidation, "the body is not valid JSON: %s", err.Error()).
+			WithDetails(map[string]any{"field": field})
+	}
+	return engine.Errorf(engine.CodeValidation, "the body is not valid JSON: %s", err.Error())
+}
+
+// fieldPath renders a JSON pointer as the contract names fields: /attachments/0/url is
+// attachments[0].url.
+func fieldPath(ptr jsontext.Pointer) string {
+	var b strings.Builder
+	for tok := range ptr.Tokens() {
+		if _, err := strconv.ParseUint(tok, 10, 64); err == nil {
+			b.WriteString("[" + tok + "]")
+			continue
+		}
+		if b.Len() > 0 {
+			b.WriteByte('.')
+		}
+		b.WriteString(tok)
+	}
+	return b.String()
+}
+
+func jsonKindName(k jsontext.Kind) string {
+	switch k {
+	case '"':
+		return "a string"
+	case '0':
+		return "a number"
+	case 't', 'f':
+		return "a boolean"
+	case 'n':
+		return "null"
+	case '{':
+		return "an object"
+	case '[':
+		return "an array"
+	}
+	return "another kind of value"
+}
+
+// miscasedName walks a value that decoded into t and returns the path of the first member name
+// that is not one of t's field names but equals one when case is ignored ("" when there is none).
+func miscasedName(dec *jsontext.Decoder, t reflect.Type, path string) (string, error) {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	switch {
+	case dec.PeekKind() == '{' && t.Kind() == reflect.Struct:
+		if _, err := dec.ReadToken(); err != nil {
+			return "", err
+		}
+		fields := jsonFields(t)
+		for dec.PeekKind() != '}' {
+			tok, err := dec.ReadToken()
+			if err != nil {
+				return "", err
+			}
+			name := tok.String()
+			member := name
+			if path != "" {
+				member = path + "." + name
+			}
+			if ft, ok := fields[name]; ok {
+				if found, err := miscasedName(dec, ft, member); found != "" || err != nil {
+					return found, err
+				}
+				continue
+			}
+			for known := range fields {
+				if strings.EqualFold(known, name) {
+					return member, nil
+				}
+			}
+			if err := dec.SkipValue(); err != nil {
+				return "", err
+			}
+		}
+		_, err := dec.ReadToken()
+		return "", err
+	case dec.PeekKind() == '[' && t.Kind() == reflect.Slice && t.Elem().Kind() != reflect.Uint8:
+		if _, err := dec.ReadToken(); err != nil {
+			return "", err
+		}
+		for i := 0; dec.PeekKind() != ']'; i++ {
+			if found, err := miscasedName(dec, t.Elem(), fmt.Sprintf("%s[%d]", path, i)); found != "" || err != nil {
+				return found, err
+			}
+		}
+		_, err := dec.ReadToken()
+		return "", err
+	}
+	return "", dec.SkipValue()
+}
+
+// fieldsByType caches each body struct's JSON field names and types.
+var fieldsByType sync.Map // reflect.Type → map[string]reflect.Type
+
+func jsonFields(t reflect.Type) map[string]reflect.Type {
+	if cached, ok := fieldsByType.Load(t); ok {
+		return cached.(map[string]reflect.Type)
+	}
+	fields := make(map[string]reflect.Type, t.NumField())
+	for i := range t.NumField() {
+		f := t.Field(i)
+		if !f.IsExported() {
+			continue
+		}
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if name == "-" {
+			continue
+		}
+		if name == "" {
+			name = f.Name
+		}
+		fields[name] = f.Type
+	}
+	fieldsByType.Store(t, fields)
+	return fields
 }
 
 func fieldTypeError(field, want string) error {

@@ -268,6 +268,7 @@ func (s *server) routes() fasthttp.RequestHandler {
 	r.SaveMatchedRoutePath = false
 
 	preflighted := map[string]bool{}
+	pages := newPageGate(listsInFlight, listWait) // list routes: bounded pages in flight
 	api := func(method, path string, need engine.KeyKind, okStatus int, h handler) {
 		r.Handle(method, path, s.route(path, need, okStatus, h))
 		// Browsers call the visitor side from other origins: each of its paths answers CORS
@@ -278,20 +279,20 @@ func (s *server) routes() fasthttp.RequestHandler {
 		}
 	}
 	api("POST", "/conversations", engine.KeyAPI, 201, s.createConversation)
-	api("GET", "/conversations", engine.KeyAPI, 200, s.listConversations)
+	api("GET", "/conversations", engine.KeyAPI, 200, pages.bound(s.listConversations))
 	api("GET", "/conversations/{id}", engine.KeyAPI, 200, s.getConversation)
 	api("PATCH", "/conversations/{id}", engine.KeyAPI, 200, s.patchConversation)
 	api("POST", "/conversations/{id}/messages", engine.KeyAPI, 201, s.postAgentMessage)
-	api("GET", "/conversations/{id}/messages", engine.KeyAPI, 200, s.listMessages)
+	api("GET", "/conversations/{id}/messages", engine.KeyAPI, 200, pages.bound(s.listMessages))
 	api("POST", "/conversations/{id}/bot-messages", engine.KeyAPI, 201, s.postBotMessage)
-	api("GET", "/events", engine.KeyAPI, 200, s.listEvents)
-	api("GET", "/assets", engine.KeyAPI, 200, s.listAssets)
+	api("GET", "/events", engine.KeyAPI, 200, pages.bound(s.listEvents))
+	api("GET", "/assets", engine.KeyAPI, 200, pages.bound(s.listAssets))
 	api("GET", "/usage", engine.KeyAPI, 200, s.usage)
 	r.GET("/files/{org}/{file}", s.serveFile)
 
 	api("POST", "/widget/conversations", engine.KeyWidget, 201, s.widgetCreateConversation)
 	api("GET", "/widget/conversations/{id}", engine.KeyVisitor, 200, s.getConversation)
-	api("GET", "/widget/conversations/{id}/messages", engine.KeyVisitor, 200, s.listMessages)
+	api("GET", "/widget/conversations/{id}/messages", engine.KeyVisitor, 200, pages.bound(s.listMessages))
 	api("POST", "/widget/conversations/{id}/messages", engine.KeyVisitor, 201, s.postVisitorMessage)
 	api("POST", "/widget/conversations/{id}/request-agent", engine.KeyVisitor, 200, s.requestAgent)
 

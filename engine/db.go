@@ -78,7 +78,7 @@ const appendFill = 0.95
 
 // schemaVersion names the key layouts above. A database written with other layouts is refused
 // rather than misread; a change of layout bumps it and adds a migration here.
-const schemaVersion = 1
+const schemaVersion = 2
 
 var schemaKey = []byte("schema")
 
