@@ -1,7 +1,7 @@
 package main
 
 import (
-	"encoding/json"
+	json "github.com/go-json-experiment/json"
 	"errors"
 	"log/slog"
 

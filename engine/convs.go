@@ -314,7 +314,7 @@ func readConversation(btx *bolt.Tx, orgID, convID string) (*conversationRecord, 
 // putConversation stores rec and keeps the activity index and per-status counts in step with it;
 // old is the stored version before this unit changed it, nil for a new conversation.
 func (tx *Tx) putConversation(rec *conversationRecord, old *conversationRecord) error {
-	convJSON, err := json.Marshal(rec.Conversation)
+	convJSON, err := marshal(rec.Conversation)
 	if err != nil {
 		return err
 	}

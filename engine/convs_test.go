@@ -8,6 +8,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	bolt "go.etcd.io/bbolt"
 )
 
 func convIDs(convs []Conversation) []string {
@@ -468,5 +470,24 @@ func TestReopenKeepsData(t *testing.T) {
 	}
 	if got := latestOffset(t, db, org.OrgID); got != latest+1 {
 		t.Errorf("first event after reopening has offset %d, want %d", got, latest+1)
+	}
+}
+
+// Every stored record keeps text as sent: a visitor's name with <, > and & is not escaped on disk.
+func TestConversationRecordsAreNotEscaped(t *testing.T) {
+	db := openTestDB(t)
+	org := newTestOrg(t, db)
+	name := "Ann <ann> & co"
+	created, _, err := db.CreateConversation(context.Background(), org.OrgID, NewConversation{Visitor: Visitor{Name: &name}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var raw []byte
+	db.bolt.View(func(btx *bolt.Tx) error {
+		raw = append(raw, btx.Bucket(bucketConvs).Get([]byte(org.OrgID+created.Conversation.ID))...)
+		return nil
+	})
+	if !bytes.Contains(raw, []byte(name)) {
+		t.Fatalf("the stored conversation does not hold the name as sent: %s", raw)
 	}
 }

@@ -250,7 +250,7 @@ func (db *DB) Authenticate(secret string) (Principal, error) {
 }
 
 func putJSON(b *bolt.Bucket, key []byte, v any) error {
-	raw, err := json.Marshal(v)
+	raw, err := marshal(v)
 	if err != nil {
 		return err
 	}
