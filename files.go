@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"time"
@@ -112,6 +113,22 @@ func blobError(err error) error {
 		return engine.Errorf(engine.CodeUnavailable, "the file's stored bytes are damaged or missing; it cannot be served").WithCause(err)
 	}
 	return engine.Errorf(engine.CodeUnavailable, "the file cannot be read now").WithCause(err)
+}
+
+// sweepOrphansOnce runs one orphan sweep and logs its outcome; a panic (a bug, or a file system
+// gone wrong) is logged with its stack and the next tick tries again, rather than taking the
+// server down.
+func (s *server) sweepOrphansOnce(ctx context.Context) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.log.Error("sweep panicked", "what", "orphan blobs", "panic", r, "stack", string(debug.Stack()))
+		}
+	}()
+	if n, err := s.sweepOrphanBlobs(ctx); err != nil && ctx.Err() == nil {
+		s.log.Error("sweep failed", "what", "orphan blobs", "err", err)
+	} else if n > 0 {
+		s.log.Info("deleted orphan blobs", "count", n)
+	}
 }
 
 // sweepOrphanBlobs deletes stored blobs that no org's library references: left by a message that

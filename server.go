@@ -133,11 +133,7 @@ func newServer(cfg Config, log *slog.Logger, out io.Writer) (*server, error) {
 		ticker := time.NewTicker(cfg.SweepEvery)
 		defer ticker.Stop()
 		for {
-			if n, err := s.sweepOrphanBlobs(ctx); err != nil && ctx.Err() == nil {
-				log.Error("sweep failed", "what", "orphan blobs", "err", err)
-			} else if n > 0 {
-				log.Info("deleted orphan blobs", "count", n)
-			}
+			s.sweepOrphansOnce(ctx)
 			select {
 			case <-ctx.Done():
 				return
