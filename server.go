@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/awardee/awardee/engine"
+	"github.com/awardee/awardee/hooks"
 	"github.com/fasthttp/router"
 	"github.com/valyala/fasthttp"
 )
@@ -32,6 +33,7 @@ type server struct {
 	limits   *limiter
 	inflight *inflightKeys
 	attach   attacher
+	hooks    *hooks.Service
 
 	stopBackground context.CancelFunc
 	background     sync.WaitGroup
@@ -45,7 +47,7 @@ func newServer(cfg Config, log *slog.Logger, out io.Writer) (*server, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	db, err := engine.Open(cfg.Data, engine.Options{})
+	db, err := engine.Open(cfg.Data, engine.Options{Buckets: hooks.Buckets})
 	if err != nil {
 		return nil, err
 	}
@@ -54,7 +56,15 @@ func newServer(cfg Config, log *slog.Logger, out io.Writer) (*server, error) {
 		db.Close()
 		return nil, err
 	}
+	schedule, _ := parseSchedule(cfg.WebhookRetrySchedule) // validated above
+	s.hooks, err = hooks.New(hooks.Options{DB: db, DialContext: webhookDialer(), CheckURL: checkWebhookScheme,
+		Schedule: schedule, AttemptRetention: cfg.EventRetention, SweepEvery: cfg.SweepEvery, Log: log})
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
 	s.metrics = newMetrics(db)
+	s.metrics.registry.MustRegister(s.hooks.Collectors()...)
 	s.limits = newLimiter(db)
 	s.http = &fasthttp.Server{
 		Handler:            s.routes(),
@@ -68,10 +78,17 @@ func newServer(cfg Config, log *slog.Logger, out io.Writer) (*server, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s.stopBackground = cancel
-	s.background.Add(2)
+	s.background.Add(3)
+	go func() {
+		defer s.background.Done()
+		if err := s.hooks.Run(ctx); err != nil {
+			log.Error("webhook workers stopped", "err", err)
+		}
+	}()
 	go func() {
 		defer s.background.Done()
 		db.RunMaintenance(ctx, engine.Maintenance{
+			KeepFrom:       s.hooks.KeepFrom,
 			EventRetention: cfg.EventRetention,
 			IdempotencyTTL: cfg.IdempotencyTTL,
 			Every:          cfg.SweepEvery,
@@ -179,6 +196,11 @@ func (s *server) routes() fasthttp.RequestHandler {
 	api("GET", "/conversations/{id}/messages", engine.KeyAPI, 200, s.listMessages)
 	api("POST", "/conversations/{id}/bot-messages", engine.KeyAPI, 201, s.postBotMessage)
 	api("GET", "/events", engine.KeyAPI, 200, s.listEvents)
+	api("POST", "/webhooks", engine.KeyAPI, 201, s.createWebhook)
+	api("GET", "/webhooks", engine.KeyAPI, 200, s.listWebhooks)
+	api("DELETE", "/webhooks/{id}", engine.KeyAPI, 200, s.deleteWebhook)
+	api("GET", "/webhooks/{id}/deliveries", engine.KeyAPI, 200, s.listDeliveries)
+	api("POST", "/webhooks/{id}/deliveries/{delivery_id}/retry", engine.KeyAPI, 200, s.retryDelivery)
 
 	api("POST", "/widget/conversations", engine.KeyWidget, 201, s.widgetCreateConversation)
 	api("GET", "/widget/conversations/{id}", engine.KeyVisitor, 200, s.getConversation)
