@@ -316,12 +316,12 @@ func TestWebhookFilterAndDelete(t *testing.T) {
 			wantUpdates++
 		}
 	}
-	got := updates.waitDeliveries(t, wantUpdates)
+	updates.waitDeliveries(t, wantUpdates)
 	mustStatus(t, ts.do(t, "DELETE", "/webhooks/"+gone["id"].(string), org.APIKey, nil), 200)
 	// More events after the delete: the filtered endpoint gets the update, the deleted one nothing.
 	mustStatus(t, ts.do(t, "PATCH", "/conversations/"+conv, org.APIKey, map[string]any{"status": "open"}), 200)
 	mustStatus(t, ts.do(t, "POST", "/conversations/"+conv+"/messages", org.APIKey, `{"text":"two"}`), 201)
-	got = updates.waitDeliveries(t, wantUpdates+1)
+	got := updates.waitDeliveries(t, wantUpdates+1)
 	for _, d := range got {
 		if d.Type != engine.EventConversationUpdated {
 			t.Fatalf("an endpoint for conversation.updated got %s", d.Type)
@@ -359,6 +359,32 @@ func TestWebhookHangingReceiverDoesNotDelayAnother(t *testing.T) {
 	if n := len(hanging.deliveries()); n != 0 {
 		t.Fatalf("the hanging receiver answered %d", n)
 	}
+	// The hanging endpoint still owes the first event: its age is the worst over endpoints.
+	var age float64
+	waitFor(t, 10*time.Second, "the oldest owed event's age to show", func() bool {
+		age = metricValue(t, ts, "awardee_webhook_oldest_owed_age_seconds")
+		return age > 0
+	})
+	if s := metricValue(t, ts, `awardee_webhook_deliveries_total{outcome="succeeded"}`); s < 5 {
+		t.Fatalf("%v succeeded deliveries counted, want at least 5", s)
+	}
+	if body := string(ts.do(t, "GET", "/metrics", "", nil).Body); strings.Contains(body, org.OrgID) || strings.Contains(body, "wh_") {
+		t.Fatal("/metrics names an org or an endpoint")
+	}
+}
+
+// metricValue is the value of one series of /metrics (name with its labels as printed), 0 when
+// it is absent.
+func metricValue(t testing.TB, ts *testServer, series string) float64 {
+	t.Helper()
+	for _, line := range strings.Split(string(ts.do(t, "GET", "/metrics", "", nil).Body), "\n") {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
+			var f float64
+			fmt.Sscan(v, &f)
+			return f
+		}
+	}
+	return 0
 }
 
 func TestWebhookRegistrationRefusesBadInput(t *testing.T) {
@@ -407,5 +433,54 @@ func TestEventRetentionShorterThanScheduleRefused(t *testing.T) {
 	cfg.EventRetention = 4 * time.Hour
 	if err := cfg.validate(); err != nil {
 		t.Fatalf("a retention longer than the schedule is refused: %v", err)
+	}
+}
+
+// TestPrunerKeepsOwedEvents runs the real maintenance loop with a retention shorter than the
+// test: an event parked for a retry (with those after it) and the events behind a hanging
+// receiver's cursor stay in the log while events nobody owes are pruned.
+func TestPrunerKeepsOwedEvents(t *testing.T) {
+	ts := newTestServer(t, func(c *Config) {
+		c.WebhookRetrySchedule = "1s"
+		c.EventRetention = 1500 * time.Millisecond
+		c.SweepEvery = 20 * time.Millisecond
+	})
+	parked, stuck, none := ts.newOrg(t, 0, 0), ts.newOrg(t, 0, 0), ts.newOrg(t, 0, 0)
+	refusing, hanging := newReceiver(t), newReceiver(t)
+	refusing.fail = func(n int) bool {
+		d := refusing.got[n-1] // called with the receiver's lock held
+		return strings.Contains(string(d.Data), `"text":"owed"`)
+	}
+	hanging.hold = make(chan struct{})
+	ts.registerWebhook(t, parked.APIKey, refusing)
+	ts.registerWebhook(t, stuck.APIKey, hanging)
+	post := func(key, conv, text string) {
+		mustStatus(t, ts.do(t, "POST", "/conversations/"+conv+"/messages", key, map[string]any{"text": text}), 201)
+	}
+	convs := map[string]string{}
+	for _, org := range []testOrg{parked, stuck, none} {
+		convs[org.APIKey] = ts.conversationIn(t, org.APIKey, engine.StatusOpen)
+	}
+	post(parked.APIKey, convs[parked.APIKey], "owed")
+	for _, org := range []testOrg{parked, stuck, none} {
+		post(org.APIKey, convs[org.APIKey], "one")
+		post(org.APIKey, convs[org.APIKey], "two")
+	}
+	offsets := func(key string) []uint64 {
+		var out []uint64
+		for _, ev := range ts.events(t, key) {
+			out = append(out, ev.Offset)
+		}
+		return out
+	}
+	waitFor(t, 10*time.Second, "the events nobody owes to be pruned", func() bool {
+		return len(offsets(none.APIKey)) == 0
+	})
+	// The pruner stops at the oldest owed event: a log is kept as one contiguous range.
+	if got := offsets(parked.APIKey); len(got) != 3 {
+		t.Fatalf("the parked org's log keeps %v, want the owed event 1 and those after it", got)
+	}
+	if got := offsets(stuck.APIKey); len(got) != 2 {
+		t.Fatalf("the log behind a hanging receiver keeps %v, want both events", got)
 	}
 }
