@@ -134,7 +134,9 @@ func benchmarkQuietOrg(b *testing.B, floodClients int) {
 		b.Fatalf("%d flood posts failed", f)
 	}
 	slices.Sort(latencies)
-	at := func(q float64) float64 { return float64(latencies[int(q*float64(len(latencies)-1))].Microseconds()) / 1000 }
+	at := func(q float64) float64 {
+		return float64(latencies[int(q*float64(len(latencies)-1))].Microseconds()) / 1000
+	}
 	b.ReportMetric(at(0.5), "quiet-p50-ms")
 	b.ReportMetric(at(0.99), "quiet-p99-ms")
 	b.ReportMetric(float64(floodPosts.Load())/b.Elapsed().Seconds(), "flood-posts/s")
