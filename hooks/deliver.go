@@ -101,19 +101,23 @@ func (w *worker) step(ctx context.Context) (time.Time, error) {
 			next = t
 		}
 	}
+	// The endpoint may have been deleted since this worker was started; stop before sending.
+	if err := w.s.db.ViewBucket(bucketEndpoints, func(b engine.Bucket) error {
+		_, err := getEndpoint(b, w.ep.OrgID, w.ep.ID)
+		return err
+	}); err != nil {
+		return time.Time{}, err
+	}
 	pending, err := w.s.owed(w.ep.OrgID, w.ep.ID, true)
 	if err != nil {
 		return time.Time{}, err
 	}
-	for _, d := range pending {
-		if d.NextAttemptAt == nil {
+	for _, e := range pending {
+		if e.Due.After(w.s.opts.Now()) {
+			earliest(e.Due)
 			continue
 		}
-		if d.NextAttemptAt.After(w.s.opts.Now()) {
-			earliest(d.NextAttemptAt.Time)
-			continue
-		}
-		due, err := w.retry(ctx, d)
+		due, err := w.retry(ctx, e)
 		if err != nil {
 			return time.Time{}, err
 		}
@@ -207,7 +211,7 @@ func (w *worker) deliverNew(ctx context.Context, ev engine.Event) (time.Time, er
 			return err
 		}
 		if d.Status == DeliveryPending {
-			return bs.owed.Put(owedKey(w.ep.OrgID, w.ep.ID, ev.Offset), []byte(d.ID))
+			return putOwed(bs.owed, w.ep.OrgID, w.ep.ID, owedEntry{Offset: ev.Offset, DeliveryID: d.ID, Pending: true, Due: due})
 		}
 		return setStatus(bs, ep, StatusActive)
 	})
@@ -219,8 +223,8 @@ func (w *worker) deliverNew(ctx context.Context, ev engine.Event) (time.Time, er
 
 // retry makes a pending delivery's next attempt and records it: success settles it, failure
 // schedules the next delay or, after the last, fails the delivery and marks the endpoint failing.
-func (w *worker) retry(ctx context.Context, d *Delivery) (time.Time, error) {
-	ev, found, err := w.s.event(w.ep.OrgID, d.Offset)
+func (w *worker) retry(ctx context.Context, owed owedEntry) (time.Time, error) {
+	ev, found, err := w.s.event(w.ep.OrgID, owed.Offset)
 	if err != nil {
 		return time.Time{}, err
 	}
@@ -236,7 +240,7 @@ func (w *worker) retry(ctx context.Context, d *Delivery) (time.Time, error) {
 	var due time.Time
 	var outcome string
 	err = w.update(ctx, func(bs buckets, ep *endpointRecord) error {
-		cur, err := getDelivery(bs.deliveries, w.ep.OrgID, w.ep.ID, d.ID)
+		cur, err := getDelivery(bs.deliveries, w.ep.OrgID, w.ep.ID, owed.DeliveryID)
 		if err != nil || cur.Status != DeliveryPending {
 			return err // settled meanwhile (or pruned): nothing to record
 		}
@@ -254,9 +258,15 @@ func (w *worker) retry(ctx context.Context, d *Delivery) (time.Time, error) {
 			t := stamp(due)
 			cur.NextAttemptAt = &t
 			status = ep.Status
+			if err := putOwed(bs.owed, w.ep.OrgID, w.ep.ID, owedEntry{Offset: cur.Offset, DeliveryID: cur.ID, Pending: true, Due: due}); err != nil {
+				return err
+			}
 		default:
 			cur.Status = DeliveryFailed
 			status = StatusFailing
+			if err := putOwed(bs.owed, w.ep.OrgID, w.ep.ID, owedEntry{Offset: cur.Offset, DeliveryID: cur.ID}); err != nil {
+				return err
+			}
 		}
 		outcome = cur.Status
 		if err := putJSON(bs.deliveries, deliveryKey(w.ep.OrgID, w.ep.ID, cur.ID), cur); err != nil {

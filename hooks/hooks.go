@@ -12,7 +12,6 @@ package hooks
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"math"
 	"net"
@@ -107,10 +106,6 @@ func ScheduleSpan(schedule []time.Duration) time.Duration {
 // Run starts a worker for every endpoint, resuming each from its cursor, and prunes old
 // attempts, until ctx ends. It returns after every worker has stopped.
 func (s *Service) Run(ctx context.Context) error {
-	eps, err := s.allEndpoints()
-	if err != nil {
-		return err
-	}
 	s.mu.Lock()
 	if s.spawn != nil {
 		s.mu.Unlock()
@@ -124,12 +119,25 @@ func (s *Service) Run(ctx context.Context) error {
 		go func() {
 			defer s.group.Done()
 			w.run(ctx)
+			s.mu.Lock()
+			if s.workers[ep.ID] == w {
+				delete(s.workers, ep.ID)
+			}
+			s.mu.Unlock()
 		}()
 	}
+	s.mu.Unlock()
+	// Listed after spawn is set, so an endpoint created meanwhile is started by Create or here
+	// (startLocked starts each once), never by neither.
+	eps, err := s.allEndpoints()
+	s.mu.Lock()
 	for _, ep := range eps {
 		s.startLocked(ep)
 	}
 	s.mu.Unlock()
+	if err != nil {
+		s.opts.Log.Error("webhooks: cannot list endpoints; their workers start at the next restart", "err", err)
+	}
 
 	s.sweep(ctx)
 	t := time.NewTicker(s.opts.SweepEvery)
@@ -312,33 +320,19 @@ func (s *Service) cursor(orgID, endpointID string) (uint64, error) {
 }
 
 // owed returns the endpoint's owed deliveries in offset order; pendingOnly leaves out the failed.
-func (s *Service) owed(orgID, endpointID string, pendingOnly bool) ([]*Delivery, error) {
-	var ids []string
+func (s *Service) owed(orgID, endpointID string, pendingOnly bool) ([]owedEntry, error) {
+	var out []owedEntry
 	err := s.db.ViewBucket(bucketOwed, func(b engine.Bucket) error {
-		return scanPrefix(b, endpointKey(orgID, endpointID), func(_, v []byte) (bool, error) {
-			ids = append(ids, string(v))
+		return scanPrefix(b, endpointKey(orgID, endpointID), func(k, v []byte) (bool, error) {
+			e, err := decodeOwed(k, v)
+			if err != nil {
+				return false, err
+			}
+			if e.Pending || !pendingOnly {
+				out = append(out, e)
+			}
 			return true, nil
 		})
-	})
-	if err != nil || len(ids) == 0 {
-		return nil, err
-	}
-	var out []*Delivery
-	err = s.db.ViewBucket(bucketDeliveries, func(b engine.Bucket) error {
-		for _, id := range ids {
-			raw := b.Get(deliveryKey(orgID, endpointID, id))
-			if raw == nil {
-				continue // settled or pruned between the two reads
-			}
-			d, err := decodeDelivery(raw)
-			if err != nil {
-				return fmt.Errorf("owed delivery %s: %w", id, err)
-			}
-			if !pendingOnly || d.Status == DeliveryPending {
-				out = append(out, d)
-			}
-		}
-		return nil
 	})
 	return out, err
 }

@@ -19,8 +19,10 @@ import (
 //	                 (delivered, skipped by the filter, or parked in hook_owed)
 //	hook_deliveries  org id · endpoint id · ^ULID (16)     → Delivery (JSON) with its attempts; the
 //	                 delivery id's ULID bitwise complemented, so an endpoint's rows sort newest first
-//	hook_owed        org id · endpoint id · offset (8, BE) → delivery id: deliveries that are pending
-//	                 a retry or failed and kept for a manual one; their events must stay in the log
+//	hook_owed        org id · endpoint id · offset (8, BE) → state (1: 'p' pending, 'f' failed) ·
+//	                 next attempt unix ms (8, BE) · delivery id: deliveries waiting for a retry or
+//	                 failed and kept for a manual one, whose events must stay in the log; a worker
+//	                 finds what is due here without decoding any delivery
 const (
 	bucketEndpoints  = "hook_endpoints"
 	bucketCursors    = "hook_cursors"
@@ -115,6 +117,38 @@ func deliveryKeyTime(key []byte) time.Time {
 
 func owedKey(orgID, endpointID string, offset uint64) []byte {
 	return binary.BigEndian.AppendUint64([]byte(orgID+endpointID), offset)
+}
+
+// owedEntry is one row of hook_owed.
+type owedEntry struct {
+	Offset     uint64
+	DeliveryID string
+	Pending    bool
+	Due        time.Time // of the next attempt; zero when failed
+}
+
+func (e owedEntry) encode() []byte {
+	state := byte('f')
+	var due uint64
+	if e.Pending {
+		state, due = 'p', uint64(e.Due.UnixMilli())
+	}
+	return append(binary.BigEndian.AppendUint64([]byte{state}, due), e.DeliveryID...)
+}
+
+func decodeOwed(key, value []byte) (owedEntry, error) {
+	if len(key) < 8 || len(value) < 9 {
+		return owedEntry{}, errors.New("owed row is truncated")
+	}
+	e := owedEntry{Offset: readU64(key[len(key)-8:]), DeliveryID: string(value[9:]), Pending: value[0] == 'p'}
+	if e.Pending {
+		e.Due = time.UnixMilli(int64(binary.BigEndian.Uint64(value[1:9])))
+	}
+	return e, nil
+}
+
+func putOwed(b engine.Bucket, orgID, endpointID string, e owedEntry) error {
+	return b.Put(owedKey(orgID, endpointID, e.Offset), e.encode())
 }
 
 func u64(v uint64) []byte { return binary.BigEndian.AppendUint64(nil, v) }
