@@ -484,3 +484,64 @@ func TestPrunerKeepsOwedEvents(t *testing.T) {
 		t.Fatalf("the log behind a hanging receiver keeps %v, want both events", got)
 	}
 }
+
+func TestWebhookCreateIsIdempotentAndUncached(t *testing.T) {
+	ts := newTestServer(t)
+	org := ts.newOrg(t, 0, 0)
+	body := map[string]any{"url": "http://127.0.0.1:1/hook"}
+	first := mustStatus(t, ts.do(t, "POST", "/webhooks", org.APIKey, body, "Idempotency-Key", "hook-1"), 201)
+	if cc := first.Header.Get("Cache-Control"); cc != "no-store" {
+		t.Fatalf("the answer showing the secret has Cache-Control %q", cc)
+	}
+	again := mustStatus(t, ts.do(t, "POST", "/webhooks", org.APIKey, body, "Idempotency-Key", "hook-1"), 201)
+	if string(again.Body) != string(first.Body) || again.Header.Get("Idempotent-Replayed") != "true" {
+		t.Fatalf("replay %s, want the first answer %s replayed", again.Body, first.Body)
+	}
+	list := ts.do(t, "GET", "/webhooks", org.APIKey, nil).JSON(t)
+	if n := len(list["data"].([]any)); n != 1 {
+		t.Fatalf("%d endpoints after a replayed POST, want 1", n)
+	}
+}
+
+func TestWebhookDeliveriesPage(t *testing.T) {
+	ts := newTestServer(t)
+	org := ts.newOrg(t, 0, 0)
+	rcv := newReceiver(t)
+	ep := ts.registerWebhook(t, org.APIKey, rcv)
+	conv := ts.conversationIn(t, org.APIKey, engine.StatusOpen)
+	for i := range 3 {
+		mustStatus(t, ts.do(t, "POST", "/conversations/"+conv+"/messages", org.APIKey, fmt.Sprintf(`{"text":"m%d"}`, i)), 201)
+	}
+	rcv.waitDeliveries(t, 3)
+	path := "/webhooks/" + ep["id"].(string) + "/deliveries?limit=2"
+	var offsets []float64
+	waitFor(t, 10*time.Second, "three deliveries listed", func() bool {
+		offsets = nil
+		cursor := ""
+		for range 3 {
+			var page struct {
+				Data       []map[string]any `json:"data"`
+				NextCursor *string          `json:"next_cursor"`
+			}
+			json.Unmarshal(mustStatus(t, ts.do(t, "GET", path+cursor, org.APIKey, nil), 200).Body, &page)
+			for _, d := range page.Data {
+				offsets = append(offsets, d["offset"].(float64))
+			}
+			if page.NextCursor == nil {
+				break
+			}
+			cursor = "&cursor=" + *page.NextCursor
+		}
+		return len(offsets) == 3
+	})
+	if offsets[0] != 3 || offsets[1] != 2 || offsets[2] != 1 {
+		t.Fatalf("deliveries by offset %v, want newest first: 3, 2, 1", offsets)
+	}
+	if r := ts.do(t, "GET", path+"&cursor=whd_nonsense", org.APIKey, nil); r.Status != 400 {
+		t.Fatalf("a bad cursor: %d %s", r.Status, r.Body)
+	}
+	other := ts.newOrg(t, 0, 0)
+	if r := ts.do(t, "GET", path, other.APIKey, nil); r.Status != 404 {
+		t.Fatalf("another org's endpoint: %d", r.Status)
+	}
+}
