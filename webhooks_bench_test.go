@@ -14,14 +14,20 @@ import (
 // BenchmarkPostMessageHTTP3Webhooks is BenchmarkPostMessageHTTP with three endpoints registered
 // for every event, on receivers that answer at once: the ratio of the two is what webhooks cost
 // the post path (they share the machine and the commit loop with it).
+// It also reports the deliveries made meanwhile, to show the workers were busy.
 func BenchmarkPostMessageHTTP3Webhooks(b *testing.B) {
+	var delivered atomic.Int64
 	benchmarkPost(b, false, func(ts *testServer, org testOrg) {
 		for range 3 {
-			rcv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusNoContent) }))
+			rcv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+				delivered.Add(1)
+				w.WriteHeader(http.StatusNoContent)
+			}))
 			b.Cleanup(rcv.Close)
 			mustStatus(b, ts.do(b, "POST", "/webhooks", org.APIKey, map[string]any{"url": rcv.URL}), 201)
 		}
 	})
+	b.ReportMetric(float64(delivered.Load())/b.Elapsed().Seconds(), "deliveries/s")
 }
 
 // BenchmarkWebhookDelivery measures one endpoint's delivery rate to a local receiver: b.N events

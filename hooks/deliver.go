@@ -31,6 +31,10 @@ const (
 	idleRecheck = 5 * time.Second
 	// errorBackoff is the pause after a storage error before a worker tries again.
 	errorBackoff = time.Second
+	// batchMax and batchWindow bound how many first attempts, and for how long, go unrecorded
+	// before one write records them and moves the cursor.
+	batchMax    = 64
+	batchWindow = 200 * time.Millisecond
 )
 
 // worker delivers one endpoint's events, one at a time, so that they go out in offset order.
@@ -134,26 +138,72 @@ func (w *worker) step(ctx context.Context) (time.Time, error) {
 	if err != nil {
 		return time.Time{}, err
 	}
-	written := cursor
-	for _, ev := range events {
-		if !w.wants(ev.Type) {
-			continue // the next write's cursor covers it
+	// First attempts are recorded in batches: one write moves the cursor past a run of events
+	// and stores their deliveries, so the rate is not one fsync per event. A crash before the
+	// write sends the run again (at least once); the batch is bounded in count and in time so
+	// that the deliveries list and the cursor stay close behind the receiver.
+	var batch []*Delivery
+	handled, batchStart := cursor, time.Time{}
+	flush := func() error {
+		if handled == cursor {
+			return nil
 		}
-		due, err := w.deliverNew(ctx, ev)
+		// Attempts already made are recorded even when ctx ended: the commit loop outlives
+		// the workers, and what is recorded is not sent again.
+		err := w.update(context.WithoutCancel(ctx), func(bs buckets, ep *endpointRecord) error {
+			if err := bs.cursors.Put(endpointKey(w.ep.OrgID, w.ep.ID), u64(handled)); err != nil {
+				return err
+			}
+			succeeded := false
+			for _, d := range batch {
+				if err := putJSON(bs.deliveries, deliveryKey(w.ep.OrgID, w.ep.ID, d.ID), d); err != nil {
+					return err
+				}
+				if d.Status == DeliveryPending {
+					if err := putOwed(bs.owed, w.ep.OrgID, w.ep.ID, owedEntry{Offset: d.Offset, DeliveryID: d.ID, Pending: true, Due: d.NextAttemptAt.Time}); err != nil {
+						return err
+					}
+				} else {
+					succeeded = true
+				}
+			}
+			if succeeded {
+				return setStatus(bs, ep, StatusActive)
+			}
+			return nil
+		})
 		if err != nil {
-			return time.Time{}, err
+			return err
 		}
-		written = ev.Offset
-		if !due.IsZero() {
-			earliest(due)
+		for _, d := range batch {
+			w.s.m.delivered(d.Status)
+		}
+		batch, cursor = batch[:0], handled
+		return nil
+	}
+	for _, ev := range events {
+		if w.wants(ev.Type) {
+			d, ok := w.firstAttempt(ctx, ev)
+			if !ok {
+				return time.Time{}, errors.Join(ctx.Err(), flush())
+			}
+			if d.NextAttemptAt != nil {
+				earliest(d.NextAttemptAt.Time)
+			}
+			if len(batch) == 0 {
+				batchStart = time.Now()
+			}
+			batch = append(batch, d)
+		}
+		handled = ev.Offset
+		if len(batch) == batchMax || (len(batch) > 0 && time.Since(batchStart) >= batchWindow) {
+			if err := flush(); err != nil {
+				return time.Time{}, err
+			}
 		}
 	}
-	if n := len(events); n > 0 && events[n-1].Offset > written {
-		if err := w.update(ctx, func(bs buckets, _ *endpointRecord) error {
-			return bs.cursors.Put(endpointKey(w.ep.OrgID, w.ep.ID), u64(events[n-1].Offset))
-		}); err != nil {
-			return time.Time{}, err
-		}
+	if err := flush(); err != nil {
+		return time.Time{}, err
 	}
 	if more {
 		return w.s.opts.Now(), nil
@@ -186,39 +236,22 @@ func setStatus(bs buckets, ep *endpointRecord, status string) error {
 	return putJSON(bs.endpoints, endpointKey(ep.OrgID, ep.ID), ep)
 }
 
-// deliverNew makes an event's first attempt and moves the cursor past it in the same unit that
-// records the outcome; a failure parks the delivery as owed, due for its first retry.
-func (w *worker) deliverNew(ctx context.Context, ev engine.Event) (time.Time, error) {
+// firstAttempt makes an event's first attempt and returns its delivery, to be recorded with
+// the cursor; a failure makes it pending, due for its first retry. ok is false when ctx ended.
+func (w *worker) firstAttempt(ctx context.Context, ev engine.Event) (*Delivery, bool) {
 	att, ok := w.attempt(ctx, ev)
 	if !ok {
-		return time.Time{}, ctx.Err()
+		return nil, false
 	}
 	now := w.s.opts.Now()
 	d := &Delivery{ID: newID(PrefixDelivery), EndpointID: w.ep.ID, EventID: ev.ID, EventType: ev.Type, Offset: ev.Offset,
 		Status: DeliverySucceeded, Attempts: []Attempt{att}, CreatedAt: stamp(now)}
-	var due time.Time
 	if !success(att) {
 		d.Status = DeliveryPending
-		due = now.Add(jittered(w.s.opts.Schedule[0]))
-		t := stamp(due)
+		t := stamp(now.Add(jittered(w.s.opts.Schedule[0])))
 		d.NextAttemptAt = &t
 	}
-	err := w.update(ctx, func(bs buckets, ep *endpointRecord) error {
-		if err := bs.cursors.Put(endpointKey(w.ep.OrgID, w.ep.ID), u64(ev.Offset)); err != nil {
-			return err
-		}
-		if err := putJSON(bs.deliveries, deliveryKey(w.ep.OrgID, w.ep.ID, d.ID), d); err != nil {
-			return err
-		}
-		if d.Status == DeliveryPending {
-			return putOwed(bs.owed, w.ep.OrgID, w.ep.ID, owedEntry{Offset: ev.Offset, DeliveryID: d.ID, Pending: true, Due: due})
-		}
-		return setStatus(bs, ep, StatusActive)
-	})
-	if err == nil {
-		w.s.m.delivered(d.Status)
-	}
-	return due, err
+	return d, true
 }
 
 // retry makes a pending delivery's next attempt and records it: success settles it, failure
