@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"strconv"
 	"testing"
@@ -23,11 +22,11 @@ func TestListDefaultsAndPaging(t *testing.T) {
 		Data       []engine.Message `json:"data"`
 		NextCursor *string          `json:"next_cursor"`
 	}
-	json.Unmarshal(mustStatus(t, ts.do(t, "GET", "/conversations/"+id+"/messages", org.APIKey, nil), 200).Body, &page)
-	if len(page.Data) != 50 || page.NextCursor == nil || *page.NextCursor != "50" {
+	mustStatus(t, ts.do(t, "GET", "/conversations/"+id+"/messages", org.APIKey, nil), 200).Decode(t, &page)
+	if len(page.Data) != 50 || page.NextCursor == nil {
 		t.Fatalf("first page: %d items, cursor %v", len(page.Data), page.NextCursor)
 	}
-	json.Unmarshal(mustStatus(t, ts.do(t, "GET", "/conversations/"+id+"/messages?cursor="+*page.NextCursor, org.APIKey, nil), 200).Body, &page)
+	mustStatus(t, ts.do(t, "GET", "/conversations/"+id+"/messages?cursor="+*page.NextCursor, org.APIKey, nil), 200).Decode(t, &page)
 	if len(page.Data) != 1 || page.Data[0].Seq != 51 || page.NextCursor != nil {
 		t.Fatalf("second page: %d items, cursor %v", len(page.Data), page.NextCursor)
 	}
@@ -36,13 +35,13 @@ func TestListDefaultsAndPaging(t *testing.T) {
 		Data       []engine.Event `json:"data"`
 		NextCursor *string        `json:"next_cursor"`
 	}
-	json.Unmarshal(mustStatus(t, ts.do(t, "GET", "/events?after=1&limit=2", org.APIKey, nil), 200).Body, &events)
-	if len(events.Data) != 2 || events.Data[0].Offset != 2 || events.Data[1].Offset != 3 || events.NextCursor == nil || *events.NextCursor != "3" {
+	mustStatus(t, ts.do(t, "GET", "/events?after=1&limit=2", org.APIKey, nil), 200).Decode(t, &events)
+	if len(events.Data) != 2 || events.Data[0].Offset != 2 || events.Data[1].Offset != 3 || events.NextCursor == nil {
 		t.Fatalf("events after 1: %+v cursor %v", events.Data, events.NextCursor)
 	}
-	json.Unmarshal(mustStatus(t, ts.do(t, "GET", "/events?limit=1&cursor="+*events.NextCursor, org.APIKey, nil), 200).Body, &events)
+	mustStatus(t, ts.do(t, "GET", "/events?limit=1&cursor="+*events.NextCursor, org.APIKey, nil), 200).Decode(t, &events)
 	if len(events.Data) != 1 || events.Data[0].Offset != 4 {
-		t.Fatalf("events after cursor 3: %+v", events.Data)
+		t.Fatalf("events after the cursor of offset 3: %+v", events.Data)
 	}
 }
 
@@ -53,14 +52,14 @@ func TestCreateConversationOnlyInOpeningStatuses(t *testing.T) {
 	org := ts.newOrg(t, 0, 0)
 	for _, status := range []string{"resolved", "closed", "archived", "nope"} {
 		r := mustStatus(t, ts.do(t, "POST", "/conversations", org.APIKey, map[string]any{"status": status}), 400)
-		if r.ErrorCode() != engine.CodeValidation || r.JSON(t)["error"].(map[string]any)["details"].(map[string]any)["field"] != "status" {
+		if r.ErrorCode(t) != engine.CodeValidation || r.JSON(t)["error"].(map[string]any)["details"].(map[string]any)["field"] != "status" {
 			t.Fatalf("%s: %s", status, r.Body)
 		}
 	}
 	var page struct {
 		Data []engine.Conversation `json:"data"`
 	}
-	json.Unmarshal(mustStatus(t, ts.do(t, "GET", "/conversations", org.APIKey, nil), 200).Body, &page)
+	mustStatus(t, ts.do(t, "GET", "/conversations", org.APIKey, nil), 200).Decode(t, &page)
 	if len(page.Data) != 0 {
 		t.Fatalf("refused creates stored %d conversations", len(page.Data))
 	}
@@ -73,7 +72,7 @@ func TestBotMessagesValidateLikeReplies(t *testing.T) {
 	org := ts.newOrg(t, 0, 0)
 	id := ts.conversationIn(t, org.APIKey, engine.StatusBotActive)
 	path := "/conversations/" + id + "/bot-messages"
-	if r := mustStatus(t, ts.do(t, "POST", path, org.APIKey, `{"text":"   "}`), 400); r.ErrorCode() != engine.CodeValidation {
+	if r := mustStatus(t, ts.do(t, "POST", path, org.APIKey, `{"text":"   "}`), 400); r.ErrorCode(t) != engine.CodeValidation {
 		t.Fatalf("blank text: %s", r.Body)
 	}
 	r := mustStatus(t, ts.do(t, "POST", path, org.APIKey, `{"text":"see","attachments":[{"url":"ftp://example.com/a.png"}]}`), 422)
@@ -112,6 +111,7 @@ func TestIdempotencyStoresEvery4xx(t *testing.T) {
 // key runs for real.
 func TestRateLimitComesBeforeIdempotencyAndLookups(t *testing.T) {
 	ts := newTestServer(t)
+	clock := stopLimiterClock(ts)
 	org := ts.newOrg(t, 1, 1)
 	r := mustStatus(t, ts.do(t, "POST", "/conversations", org.APIKey, `{}`, "Idempotency-Key", "k"), 201)
 	replay := mustStatus(t, ts.do(t, "POST", "/conversations", org.APIKey, `{}`, "Idempotency-Key", "k"), 429)
@@ -121,8 +121,7 @@ func TestRateLimitComesBeforeIdempotencyAndLookups(t *testing.T) {
 	mustStatus(t, ts.do(t, "POST", "/conversations/conv_01M899DNT7KPS2S7A5S3JHKYC7/messages", org.APIKey, `{"text":"x"}`), 429)
 	refused := mustStatus(t, ts.do(t, "POST", "/conversations", org.APIKey, `{}`, "Idempotency-Key", "fresh"), 429)
 	retry, _ := strconv.Atoi(refused.Header.Get("Retry-After"))
-	until := time.Now().Add(time.Duration(retry) * time.Second)
-	waitFor(t, time.Duration(retry+5)*time.Second, "Retry-After to pass", func() bool { return time.Now().After(until) })
+	clock.Advance(time.Duration(retry) * time.Second)
 	ran := mustStatus(t, ts.do(t, "POST", "/conversations", org.APIKey, `{}`, "Idempotency-Key", "fresh"), 201)
 	if ran.Header.Get("Idempotent-Replayed") != "" || string(ran.Body) == string(r.Body) {
 		t.Fatal("the 429 was stored under its key")
@@ -146,8 +145,8 @@ func TestRateLimitResetAndVisitorBuckets(t *testing.T) {
 	}
 
 	wide := ts.newOrg(t, 0, 0)
-	convA, tokenA := ts.createConversation(t, wide.APIKey, engine.StatusOpen)
-	convB, tokenB := ts.createConversation(t, wide.APIKey, engine.StatusOpen)
+	convA, tokenA := ts.newConversation(t, wide.APIKey, engine.StatusOpen)
+	convB, tokenB := ts.newConversation(t, wide.APIKey, engine.StatusOpen)
 	for range visitorBurst {
 		ts.do(t, "GET", "/widget/conversations/"+convA, tokenA, nil)
 	}
@@ -166,7 +165,7 @@ func TestWritesAfterTheDatabaseClosesAre503(t *testing.T) {
 	id := ts.conversationIn(t, org.APIKey, engine.StatusOpen)
 	ts.db.Close()
 	r := ts.do(t, "POST", "/conversations/"+id+"/messages", org.APIKey, `{"text":"late"}`)
-	if r.Status != 503 || r.ErrorCode() != engine.CodeUnavailable {
+	if r.Status != 503 || r.ErrorCode(t) != engine.CodeUnavailable {
 		t.Fatalf("%d %s", r.Status, r.Body)
 	}
 }

@@ -152,7 +152,7 @@ func conversationWithToken(t testing.TB, ts *testServer, apiKey string, status e
 	case engine.StatusArchived:
 		start, rest = engine.StatusOpen, []engine.Status{engine.StatusClosed, engine.StatusArchived}
 	}
-	id, vt := ts.createConversation(t, apiKey, start)
+	id, vt := ts.newConversation(t, apiKey, start)
 	for _, s := range rest {
 		mustStatus(t, ts.do(t, "PATCH", "/conversations/"+id, apiKey, map[string]any{"status": string(s)}), 200)
 	}

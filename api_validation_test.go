@@ -194,7 +194,7 @@ func TestAuth(t *testing.T) {
 	t.Parallel()
 	ts := newTestServer(t)
 	org := ts.newOrg(t, 0, 0)
-	id, vt := ts.createConversation(t, org.APIKey, engine.StatusOpen)
+	id, vt := ts.newConversation(t, org.APIKey, engine.StatusOpen)
 	credentials := []struct {
 		name   string
 		header string // the whole Authorization header; "" sends none
@@ -261,7 +261,7 @@ func postDeclaring(t testing.TB, ts *testServer, path, key string, length int64)
 	if key != "" {
 		req.Header.Set("Authorization", "Bearer "+key)
 	}
-	res, err := ts.client.Do(req)
+	res, err := ts.hc.Do(req)
 	if err != nil {
 		t.Fatalf("POST %s: %v", path, err)
 	}
@@ -424,7 +424,7 @@ func TestMalformedConversationID(t *testing.T) {
 	t.Parallel()
 	ts := newTestServer(t)
 	org := ts.newOrg(t, 0, 0)
-	own, vt := ts.createConversation(t, org.APIKey, engine.StatusOpen)
+	own, vt := ts.newConversation(t, org.APIKey, engine.StatusOpen)
 	ulidPart := own[len(engine.PrefixConversation):]
 	bad := []string{
 		"abc",
@@ -467,7 +467,7 @@ func TestRequestIDOnEveryResponse(t *testing.T) {
 	t.Parallel()
 	ts := newTestServer(t)
 	org := ts.newOrg(t, 0, 0)
-	id, vt := ts.createConversation(t, org.APIKey, engine.StatusOpen)
+	id, vt := ts.newConversation(t, org.APIKey, engine.StatusOpen)
 	cases := []struct {
 		name, method, path, key string
 		body                    any

@@ -61,9 +61,9 @@ func TestVisitorTokenSeesOnlyItsConversation(t *testing.T) {
 	ts := newTestServer(t)
 	org := ts.newOrg(t, 0, 0)
 	other := ts.newOrg(t, 0, 0)
-	own, vt := ts.createConversation(t, org.APIKey, engine.StatusOpen)
+	own, vt := ts.newConversation(t, org.APIKey, engine.StatusOpen)
 	mustStatus(t, ts.do(t, "POST", "/widget/conversations/"+own+"/messages", vt, `{"text":"hello"}`), 201)
-	sibling, siblingVT := ts.createConversation(t, org.APIKey, engine.StatusOpen)
+	sibling, siblingVT := ts.newConversation(t, org.APIKey, engine.StatusOpen)
 	mustStatus(t, ts.do(t, "POST", "/widget/conversations/"+sibling+"/messages", siblingVT, `{"text":"secret"}`), 201)
 	foreign := ts.conversationIn(t, other.APIKey, engine.StatusBotActive)
 
@@ -208,7 +208,7 @@ func TestWidgetCORS(t *testing.T) {
 	t.Parallel()
 	ts := newTestServer(t)
 	org := ts.newOrg(t, 0, 0)
-	id, _ := ts.createConversation(t, org.APIKey, engine.StatusOpen)
+	id, _ := ts.newConversation(t, org.APIKey, engine.StatusOpen)
 	for _, path := range []string{"/widget/conversations", "/widget/conversations/" + id + "/messages"} {
 		t.Run("preflight "+path, func(t *testing.T) {
 			r := ts.do(t, "OPTIONS", path, "", nil,

@@ -2,8 +2,12 @@ package main
 
 import (
 	"context"
-	"net/url"
+	"errors"
+	"log/slog"
+	"strings"
+	"sync"
 
+	"github.com/awardee/awardee/blobs"
 	"github.com/awardee/awardee/engine"
 )
 
@@ -13,24 +17,65 @@ type attacher interface {
 	Attach(ctx context.Context, orgID string, urls []string) ([]engine.Attachment, error)
 }
 
-// refuseAttachments is the attacher until the blob store lands: it applies the scheme rule and
-// refuses every fetch, so a message with attachments is never stored without them.
-type refuseAttachments struct{}
-
-func (refuseAttachments) Attach(_ context.Context, _ string, urls []string) ([]engine.Attachment, error) {
-	for _, raw := range urls {
-		u, err := url.Parse(raw)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return nil, attachmentError(raw, "scheme", "attachment URLs must be absolute http or https URLs")
-		}
-	}
-	if len(urls) > 0 {
-		return nil, attachmentError(urls[0], "fetch_failed", "this server does not fetch attachments yet")
-	}
-	return nil, nil
+// fetchAttacher fetches a message's attachments in parallel into the blob store. A blob whose
+// message then fails to commit is an orphan the sweeper removes, never a wrong answer.
+type fetchAttacher struct {
+	fetcher   *blobs.Fetcher
+	store     *blobs.Store
+	publicURL string
+	log       *slog.Logger
 }
 
-func attachmentError(rawURL, reason, message string) error {
-	return engine.Errorf(engine.CodeInvalidPayload, "%s", message).
-		WithDetails(map[string]any{"url": rawURL, "reason": reason})
+// Attach fetches every URL at once; the first refusal cancels the others and is the answer, and
+// then nothing at all is stored for the message.
+func (a *fetchAttacher) Attach(ctx context.Context, orgID string, urls []string) ([]engine.Attachment, error) {
+	if len(urls) == 0 {
+		return nil, nil
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	out := make([]engine.Attachment, len(urls))
+	var (
+		mu    sync.Mutex
+		first error
+		wg    sync.WaitGroup
+	)
+	for i, u := range urls {
+		wg.Go(func() {
+			asset, err := a.fetcher.FetchImage(ctx, a.store, u)
+			if err != nil {
+				mu.Lock()
+				if first == nil {
+					first = err
+					cancel()
+				}
+				mu.Unlock()
+				return
+			}
+			out[i] = engine.Attachment{
+				FileURL: a.fileURL(orgID, asset.Hash.String(), asset.Ext), MimeType: asset.MIME,
+				Size: asset.Size, Width: asset.Width, Height: asset.Height, Hash: asset.Hash.String(),
+			}
+		})
+	}
+	wg.Wait()
+	if first != nil {
+		return nil, attachmentError(first)
+	}
+	return out, nil
+}
+
+func (a *fetchAttacher) fileURL(orgID, hash, ext string) string {
+	return strings.TrimSuffix(a.publicURL, "/") + "/files/" + orgID + "/" + hash + "." + ext
+}
+
+// attachmentError is a refusal's 422 with the URL as given and the contract's reason, or a 503
+// for a failure of our own storage (the source is not at fault, and a retry may succeed).
+func attachmentError(err error) error {
+	var refusal *blobs.Error
+	if !errors.As(err, &refusal) {
+		return engine.Errorf(engine.CodeUnavailable, "the attachment could not be stored; nothing was posted").WithCause(err)
+	}
+	return engine.Errorf(engine.CodeInvalidPayload, "attachment %s: %s", refusal.URL, refusal.Message).
+		WithDetails(map[string]any{"url": refusal.URL, "reason": string(refusal.Reason)}).WithCause(refusal.Cause)
 }

@@ -4,9 +4,9 @@ import (
 	"fmt"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/awardee/awardee/engine"
+	"github.com/awardee/awardee/internal/testkit"
 )
 
 // TestConcurrentPostsShareCommits: many clients posting at once all get 201, every message is
@@ -41,7 +41,7 @@ func TestConcurrentPostsShareCommits(t *testing.T) {
 	}
 	total := 0
 	for _, id := range convs {
-		msgs := listAllMessages(t, ts.client, ts.URL, org.APIKey, id)
+		msgs := ts.messages(t, org.APIKey, id)
 		for i, m := range msgs {
 			if m.Seq != uint64(i+1) {
 				t.Fatalf("%s: message %d has seq %d", id, i, m.Seq)
@@ -128,14 +128,14 @@ func TestReplyToConversationResolvedMeanwhile(t *testing.T) {
 
 	release := ts.holdCommitLoop(t)
 	patch := ts.goDo("PATCH", "/conversations/"+id, org.APIKey, `{"status":"resolved"}`)
-	waitFor(t, 10*time.Second, "the PATCH to queue", func() bool { return ts.db.Queued() == 1 })
+	testkit.WaitFor(t, "the PATCH to queue", func() bool { return ts.db.Queued() == 1 })
 	reply := ts.goDo("POST", "/conversations/"+id+"/messages", org.APIKey, `{"text":"too late"}`)
-	waitFor(t, 10*time.Second, "the reply to queue behind it", func() bool { return ts.db.Queued() == 2 })
+	testkit.WaitFor(t, "the reply to queue behind it", func() bool { return ts.db.Queued() == 2 })
 	release()
 
 	mustStatus(t, receive(t, "the PATCH", patch), 200)
 	r := mustStatus(t, receive(t, "the reply", reply), 400)
-	if r.ErrorCode() != engine.CodeInvalidState {
+	if r.ErrorCode(t) != engine.CodeInvalidState {
 		t.Fatalf("reply: %s", r.Body)
 	}
 	if msgs := ts.messages(t, org.APIKey, id); len(msgs) != 0 {

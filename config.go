@@ -24,6 +24,9 @@ type Config struct {
 	EventRetention       time.Duration
 	ShutdownTimeout      time.Duration
 	SweepEvery           time.Duration
+	MaxConns             int
+	MaxConnsPerIP        int
+	MetricsToken         string
 }
 
 func defaultConfig() Config {
@@ -35,6 +38,7 @@ func defaultConfig() Config {
 		EventRetention:       7 * 24 * time.Hour,
 		ShutdownTimeout:      15 * time.Second,
 		SweepEvery:           time.Minute,
+		MaxConnsPerIP:        defaultMaxConnsPerIP,
 	}
 }
 
@@ -55,6 +59,9 @@ func bindServeFlags(fs *flag.FlagSet, c *Config) {
 	fs.DurationVar(&c.EventRetention, "event-retention", c.EventRetention, "how long the event log keeps events")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", c.ShutdownTimeout, "how long SIGINT/SIGTERM waits for in-flight requests")
 	fs.DurationVar(&c.SweepEvery, "sweep-every", c.SweepEvery, "how often expired events and idempotency keys are pruned")
+	fs.IntVar(&c.MaxConns, "max-conns", c.MaxConns, "most client connections open at once; 0 derives it from the file-descriptor limit (never above it)")
+	fs.IntVar(&c.MaxConnsPerIP, "max-conns-per-ip", c.MaxConnsPerIP, "most connections one client address may hold; 0 turns the cap off (behind a reverse proxy)")
+	fs.StringVar(&c.MetricsToken, "metrics-token", c.MetricsToken, "when set, GET /metrics requires Authorization: Bearer <token>")
 }
 
 // parseWithEnv parses args; a flag not given on the command line takes AWARDEE_<FLAG> from the
@@ -107,6 +114,9 @@ func (c Config) validate() error {
 	if span := hooks.ScheduleSpan(schedule); c.EventRetention < span {
 		return fmt.Errorf("--event-retention %s is shorter than the webhook retry schedule %q, which can take up to %s with jitter: raise --event-retention or shorten the schedule",
 			c.EventRetention, c.WebhookRetrySchedule, span.Round(time.Second))
+	}
+	if c.MaxConns < 0 || c.MaxConnsPerIP < 0 {
+		return errors.New("--max-conns and --max-conns-per-ip must be 0 or more")
 	}
 	return nil
 }

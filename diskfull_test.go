@@ -9,9 +9,9 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/awardee/awardee/engine"
+	"github.com/awardee/awardee/internal/testkit"
 )
 
 // mountTinyDisk mounts a tmpfs of size bytes for the test and unmounts it afterwards: a real
@@ -78,7 +78,7 @@ func TestDiskFull(t *testing.T) {
 		refused = r
 		break
 	}
-	if refused.Status != 503 || refused.ErrorCode() != engine.CodeUnavailable {
+	if refused.Status != 503 || refused.ErrorCode(t) != engine.CodeUnavailable {
 		t.Fatalf("after %d posts on a full disk: status %d %s, want 503 unavailable", accepted, refused.Status, refused.Body)
 	}
 	for _, leak := range []string{dir, "awardee.db", "no space", "space left", "errno", "write "} {
@@ -87,7 +87,7 @@ func TestDiskFull(t *testing.T) {
 		}
 	}
 	health := ts.do(t, "GET", "/healthz", "", nil)
-	if health.Status != 503 || health.ErrorCode() != engine.CodeUnavailable {
+	if health.Status != 503 || health.ErrorCode(t) != engine.CodeUnavailable {
 		t.Fatalf("/healthz on a full disk: %d %s, want 503 unavailable", health.Status, health.Body)
 	}
 	keyed := ts.do(t, "POST", path, org.APIKey, body, "Idempotency-Key", "full-disk")
@@ -98,7 +98,7 @@ func TestDiskFull(t *testing.T) {
 	if err := os.Remove(filler); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "/healthz to recover once the disk has room", func() bool {
+	testkit.WaitFor(t, "/healthz to recover once the disk has room", func() bool {
 		return ts.do(t, "GET", "/healthz", "", nil).Status == 200
 	})
 	retry := mustStatus(t, ts.do(t, "POST", path, org.APIKey, body, "Idempotency-Key", "full-disk"), 201)

@@ -24,6 +24,9 @@ var statusOf = map[string]int{
 	engine.CodeRateLimited:         fasthttp.StatusTooManyRequests,
 	engine.CodeInternal:            fasthttp.StatusInternalServerError,
 	engine.CodeUnavailable:         fasthttp.StatusServiceUnavailable,
+	codeRequestTimeout:             fasthttp.StatusRequestTimeout,
+	codeURITooLong:                 fasthttp.StatusRequestURITooLong,
+	codeHeadersTooLarge:            fasthttp.StatusRequestHeaderFieldsTooLarge,
 }
 
 type errorBody struct {

@@ -6,12 +6,15 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"unicode/utf8"
 
 	"github.com/awardee/awardee/engine"
+	jsonv2 "github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
 	"github.com/valyala/fasthttp"
 )
 
@@ -44,6 +47,20 @@ func FuzzDecodeMessageBody(f *testing.F) {
 		``,
 		`{"attachments":[` + strings.Repeat(`{"url":"u"},`, 10) + `{"url":"u"}]}`,
 		`{"attachments":[` + strings.Repeat(`{"url":"u"},`, 9) + `{"url":"u"}]}`,
+		// What strict decoding refuses and a lenient one would read some way or other.
+		"{\"text\":\"caf\xe9\"}",
+		"{\"text\":\"ok\",\"note\":\"\xf0\x9f\x98\"}",
+		`{"text":"\ud83d"}`,
+		`{"text":"a\ude00b"}`,
+		`{"text":"\ude00\ud83d"}`,
+		`{"text":"\ud83d\u0041"}`,
+		`{"TEXT":"shouted"}`,
+		`{"Text":"capitalised"}`,
+		`{"text":"a","attachments":[{"URL":"https://example.com/a.png"}]}`,
+		`{"text":"one","text":"two"}`,
+		`{"text":"a","attachments":[{"url":"u","url":"v"}]}`,
+		`{"text":"<b>&amp;</b>","Unknown":1}`,
+		`{"text":"\u003c\u2028\u0000"}`,
 	} {
 		f.Add([]byte(seed))
 	}
@@ -71,7 +88,25 @@ func FuzzDecodeMessageBody(f *testing.F) {
 		if len(urls) > engine.MaxAttachments {
 			t.Fatalf("accepted %d attachments", len(urls))
 		}
-		// What was accepted is what a JSON decoder reads from the same bytes.
+		// Accepted bytes are JSON by the strictest reading: valid UTF-8, no lone surrogate, no
+		// name twice.
+		if !utf8.Valid(raw) || !jsontext.Value(bytes.TrimSpace(raw)).IsValid() {
+			t.Fatalf("accepted a body that strict JSON refuses: %q", raw)
+		}
+		// The decoder agrees with itself: the accepted body, encoded again, decodes to the same.
+		var decoded messageBody
+		if err := jsonv2.Unmarshal(bytes.TrimSpace(raw), &decoded); err != nil {
+			t.Fatalf("accepted a body json/v2 refuses: %v", err)
+		}
+		again, err := jsonv2.Marshal(decoded)
+		if err != nil {
+			t.Fatal(err)
+		}
+		text2, urls2, err := decodeMessageBody(again)
+		if err != nil || text2 != text || !slices.Equal(urls2, urls) {
+			t.Fatalf("re-encoded as %s, decoded to %q %q (%v), first %q %q", again, text2, urls2, err, text, urls)
+		}
+		// And with encoding/json, the other reader a client may use, on the same bytes.
 		var body struct {
 			Text        *string           `json:"text"`
 			Attachments []json.RawMessage `json:"attachments"`
@@ -94,7 +129,7 @@ func FuzzDecodeMessageBody(f *testing.F) {
 func FuzzRouter(f *testing.F) {
 	ts := newTestServer(f)
 	org := ts.newOrg(f, 0, 0)
-	conv, vt := ts.createConversation(f, org.APIKey, engine.StatusBotActive)
+	conv, vt := ts.newConversation(f, org.APIKey, engine.StatusBotActive)
 	handler := ts.http.Handler
 	const (
 		authNone = iota
@@ -246,7 +281,11 @@ func checkRouterAnswer(t *testing.T, ctx *fasthttp.RequestCtx) {
 	_, hasConv := obj["conversation"]
 	_, hasToken := obj["visitor_token"]
 	var id string
-	json.Unmarshal(obj["id"], &id)
+	if raw, ok := obj["id"]; ok {
+		if err := json.Unmarshal(raw, &id); err != nil {
+			t.Fatalf("%s: id is not a string: %s", what, body)
+		}
+	}
 	switch {
 	case hasData && hasCursor: // a list page
 		var page struct {

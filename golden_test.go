@@ -68,7 +68,7 @@ func (n *goldenNormalizer) value(key string, v any) any {
 		case goldenToken.MatchString(v):
 			return "<vt>"
 		case key == "next_cursor" && !goldenDigits.MatchString(v):
-			return "<cursor>" // the conversation list's cursor encodes ids and times
+			return "<cursor>" // sealed under the database's own key
 		}
 	}
 	return v

@@ -1,13 +1,18 @@
 package main
 
 import (
-	"encoding/base64"
-	"encoding/json"
+	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"reflect"
 	"strconv"
+	"strings"
+	"sync"
 
 	"github.com/awardee/awardee/engine"
+	json "github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
 )
 
 // list is the contract's page shape.
@@ -73,13 +78,15 @@ func (s *server) listConversations(c *call) (any, error) {
 		return nil, err
 	}
 	args := c.ctx.QueryArgs()
+	status := string(args.Peek("status"))
+	listName := cursorList(c, status)
 	var cursor []byte
 	if raw := args.Peek("cursor"); len(raw) > 0 {
-		if cursor, err = base64.RawURLEncoding.DecodeString(string(raw)); err != nil {
-			return nil, engine.Errorf(engine.CodeValidation, "cursor is not one this API gave out").WithDetails(map[string]any{"field": "cursor"})
+		if cursor, err = s.db.OpenCursor(listName, string(raw)); err != nil {
+			return nil, err
 		}
 	}
-	convs, next, err := s.db.ListConversations(c.orgID(), engine.Status(args.Peek("status")), cursor, limit)
+	convs, next, err := s.db.ListConversations(c.orgID(), engine.Status(status), cursor, limit)
 	if err != nil {
 		return nil, err
 	}
@@ -88,8 +95,8 @@ func (s *server) listConversations(c *call) (any, error) {
 		page.Data = []engine.Conversation{}
 	}
 	if next != nil {
-		s := base64.RawURLEncoding.EncodeToString(next)
-		page.NextCursor = &s
+		sealed := s.db.SealCursor(listName, next)
+		page.NextCursor = &sealed
 	}
 	return page, nil
 }
@@ -99,22 +106,26 @@ func (s *server) patchConversation(c *call) (any, error) {
 	if _, err := s.db.Conversation(c.orgID(), id); err != nil {
 		return nil, err
 	}
-	var fields map[string]json.RawMessage
+	// Raw values keep "absent" apart from null: {"assignee":null} unassigns, {} leaves it.
+	var fields struct {
+		Status   jsontext.Value `json:"status"`
+		Assignee jsontext.Value `json:"assignee"`
+	}
 	if err := decodeJSON(c.ctx.PostBody(), &fields, false); err != nil {
 		return nil, err
 	}
 	var patch engine.ConversationPatch
-	if raw, ok := fields["status"]; ok {
+	if fields.Status != nil {
 		var st string
-		if err := json.Unmarshal(raw, &st); err != nil {
+		if err := json.Unmarshal(fields.Status, &st); err != nil {
 			return nil, fieldTypeError("status", "a string")
 		}
 		status := engine.Status(st)
 		patch.Status = &status
 	}
-	if raw, ok := fields["assignee"]; ok {
+	if fields.Assignee != nil {
 		patch.SetAssignee = true
-		if err := json.Unmarshal(raw, &patch.Assignee); err != nil {
+		if err := json.Unmarshal(fields.Assignee, &patch.Assignee); err != nil {
 			return nil, fieldTypeError("assignee", "a string or null")
 		}
 	}
@@ -205,23 +216,43 @@ func (s *server) requestAgent(c *call) (any, error) {
 	return s.db.RequestAgent(c.engineCtx, c.orgID(), id, c.idem)
 }
 
-// afterParam reads a "resume after this position" parameter: ?after=N, or the opaque cursor of a
-// previous page (which encodes the same number).
-func afterParam(c *call, name string) (uint64, error) {
+// cursorList names the list a cursor pages through: the org, the route's path (which holds the
+// conversation of a message list) and the filter, so a cursor of one list is refused on another.
+func cursorList(c *call, filter string) string {
+	return c.orgID() + "\x00" + string(c.ctx.Path()) + "\x00" + filter
+}
+
+// afterParam reads a "resume after this position" parameter: the sealed cursor of a previous
+// page, or else ?after=N, the plain position the contract lets a client resume from.
+func (s *server) afterParam(c *call, name string) (uint64, error) {
 	args := c.ctx.QueryArgs()
-	raw := args.Peek("cursor")
-	field := "cursor"
-	if len(raw) == 0 {
-		raw, field = args.Peek(name), name
+	if raw := args.Peek("cursor"); len(raw) > 0 {
+		position, err := s.db.OpenCursor(cursorList(c, ""), string(raw))
+		if err != nil {
+			return 0, err
+		}
+		if len(position) != 8 {
+			return 0, engine.Errorf(engine.CodeValidation, "cursor is not one this list gave out").WithDetails(map[string]any{"field": "cursor"})
+		}
+		return binary.BigEndian.Uint64(position), nil
 	}
+	raw := args.Peek(name)
 	if len(raw) == 0 {
 		return 0, nil
 	}
 	n, err := strconv.ParseUint(string(raw), 10, 63)
 	if err != nil {
-		return 0, engine.Errorf(engine.CodeValidation, "%s must be a whole number of at least 0", field).WithDetails(map[string]any{"field": field})
+		return 0, engine.Errorf(engine.CodeValidation, "%s must be a whole number of at least 0", name).WithDetails(map[string]any{"field": name})
 	}
 	return n, nil
+}
+
+// sealPosition returns the cursor of c's list that resumes after position.
+func (s *server) sealPosition(c *call) func(position uint64) string {
+	listName := cursorList(c, "")
+	return func(position uint64) string {
+		return s.db.SealCursor(listName, binary.BigEndian.AppendUint64(nil, position))
+	}
 }
 
 func (s *server) listMessages(c *call) (any, error) {
@@ -233,7 +264,7 @@ func (s *server) listMessages(c *call) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	after, err := afterParam(c, "after")
+	after, err := s.afterParam(c, "after")
 	if err != nil {
 		return nil, err
 	}
@@ -241,7 +272,7 @@ func (s *server) listMessages(c *call) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	return positionPage(msgs, more, func(m engine.Message) uint64 { return m.Seq }), nil
+	return positionPage(msgs, more, func(m engine.Message) uint64 { return m.Seq }, s.sealPosition(c)), nil
 }
 
 func (s *server) listEvents(c *call) (any, error) {
@@ -249,7 +280,7 @@ func (s *server) listEvents(c *call) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	after, err := afterParam(c, "after")
+	after, err := s.afterParam(c, "after")
 	if err != nil {
 		return nil, err
 	}
@@ -257,22 +288,26 @@ func (s *server) listEvents(c *call) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	return positionPage(events, more, func(e engine.Event) uint64 { return e.Offset }), nil
+	return positionPage(events, more, func(e engine.Event) uint64 { return e.Offset }, s.sealPosition(c)), nil
 }
 
-// positionPage is a page of a list ordered by a position (seq, offset); its cursor is the last
-// item's position, which is also what ?after= takes.
-func positionPage[T any](items []T, more bool, position func(T) uint64) list[T] {
+// positionPage is a page of a list ordered by a position (seq, offset); its cursor seals the last
+// item's position, which is also what ?after= takes in the clear.
+func positionPage[T any](items []T, more bool, position func(T) uint64, seal func(uint64) string) list[T] {
 	page := list[T]{Data: items}
 	if more {
-		next := strconv.FormatUint(position(items[len(items)-1]), 10)
+		next := seal(position(items[len(items)-1]))
 		page.NextCursor = &next
 	}
 	return page
 }
 
-// decodeJSON decodes one JSON object; unknown fields are ignored. An empty body is an empty
-// object when emptyOK (endpoints whose every field is optional).
+// decodeJSON decodes one JSON object into v, the one decoder of every request body. It is strict
+// where readers could disagree (section 3): invalid UTF-8, a lone surrogate escape, a member name
+// given twice, or a name that matches one of v's fields only when case is ignored ("TEXT") are
+// validation errors, so what is stored is exactly what any JSON reader sees in the body. Unknown
+// fields are ignored. An empty body is an empty object when emptyOK (endpoints whose every field
+// is optional).
 func decodeJSON(raw []byte, v any, emptyOK bool) error {
 	if len(raw) == 0 && emptyOK {
 		return nil
@@ -281,15 +316,156 @@ func decodeJSON(raw []byte, v any, emptyOK bool) error {
 	if len(trimmed) == 0 || trimmed[0] != '{' {
 		return engine.Errorf(engine.CodeValidation, "the body must be a JSON object")
 	}
+	// json/v2's defaults are the strict rules above, except the case check, which it has no
+	// option for: with case-insensitive matching off, "TEXT" would be silently ignored.
 	if err := json.Unmarshal(trimmed, v); err != nil {
-		var typeErr *json.UnmarshalTypeError
-		if errors.As(err, &typeErr) && typeErr.Field != "" {
-			return engine.Errorf(engine.CodeValidation, "%s has the wrong type (got %s)", typeErr.Field, typeErr.Value).
-				WithDetails(map[string]any{"field": typeErr.Field})
-		}
-		return engine.Errorf(engine.CodeValidation, "the body is not valid JSON: %s", err.Error())
+		return decodeError(err)
+	}
+	path, err := miscasedName(jsontext.NewDecoder(bytes.NewReader(trimmed)), reflect.TypeOf(v), "")
+	if err != nil {
+		return decodeError(err)
+	}
+	if path != "" {
+		return engine.Errorf(engine.CodeValidation, "%s is not a field of this body; field names are case-sensitive", path).
+			WithDetails(map[string]any{"field": path})
 	}
 	return nil
+}
+
+// decodeError words a json/v2 error in the contract's envelope, naming the field at fault.
+func decodeError(err error) error {
+	var semErr *json.SemanticError
+	if errors.As(err, &semErr) && semErr.JSONPointer != "" {
+		field := fieldPath(semErr.JSONPointer)
+		return engine.Errorf(engine.CodeValidation, "%s has the wrong type (got %s)", field, jsonKindName(semErr.JSONKind)).
+			WithDetails(map[string]any{"field": field})
+	}
+	var synErr *jsontext.SyntacticError
+	if errors.As(err, &synErr) && synErr.JSONPointer != "" {
+		field := fieldPath(synErr.JSONPointer)
+		if errors.Is(synErr.Err, jsontext.ErrDuplicateName) {
+			return engine.Errorf(engine.CodeValidation, "%s appears more than once in the body", field).
+				WithDetails(map[string]any{"field": field})
+		}
+		return engine.Errorf(engine.CodeValidation, "the body is not valid JSON: %s", err.Error()).
+			WithDetails(map[string]any{"field": field})
+	}
+	return engine.Errorf(engine.CodeValidation, "the body is not valid JSON: %s", err.Error())
+}
+
+// fieldPath renders a JSON pointer as the contract names fields: /attachments/0/url is
+// attachments[0].url.
+func fieldPath(ptr jsontext.Pointer) string {
+	var b strings.Builder
+	for tok := range ptr.Tokens() {
+		if _, err := strconv.ParseUint(tok, 10, 64); err == nil {
+			b.WriteString("[" + tok + "]")
+			continue
+		}
+		if b.Len() > 0 {
+			b.WriteByte('.')
+		}
+		b.WriteString(tok)
+	}
+	return b.String()
+}
+
+func jsonKindName(k jsontext.Kind) string {
+	switch k {
+	case '"':
+		return "a string"
+	case '0':
+		return "a number"
+	case 't', 'f':
+		return "a boolean"
+	case 'n':
+		return "null"
+	case '{':
+		return "an object"
+	case '[':
+		return "an array"
+	}
+	return "another kind of value"
+}
+
+// miscasedName walks a value that decoded into t and returns the path of the first member name
+// that is not one of t's field names but equals one when case is ignored ("" when there is none).
+func miscasedName(dec *jsontext.Decoder, t reflect.Type, path string) (string, error) {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	switch {
+	case dec.PeekKind() == '{' && t.Kind() == reflect.Struct:
+		if _, err := dec.ReadToken(); err != nil {
+			return "", err
+		}
+		fields := jsonFields(t)
+		for dec.PeekKind() != '}' {
+			tok, err := dec.ReadToken()
+			if err != nil {
+				return "", err
+			}
+			name := tok.String()
+			member := name
+			if path != "" {
+				member = path + "." + name
+			}
+			if ft, ok := fields[name]; ok {
+				if found, err := miscasedName(dec, ft, member); found != "" || err != nil {
+					return found, err
+				}
+				continue
+			}
+			for known := range fields {
+				if strings.EqualFold(known, name) {
+					return member, nil
+				}
+			}
+			if err := dec.SkipValue(); err != nil {
+				return "", err
+			}
+		}
+		_, err := dec.ReadToken()
+		return "", err
+	case dec.PeekKind() == '[' && t.Kind() == reflect.Slice && t.Elem().Kind() != reflect.Uint8:
+		if _, err := dec.ReadToken(); err != nil {
+			return "", err
+		}
+		for i := 0; dec.PeekKind() != ']'; i++ {
+			if found, err := miscasedName(dec, t.Elem(), fmt.Sprintf("%s[%d]", path, i)); found != "" || err != nil {
+				return found, err
+			}
+		}
+		_, err := dec.ReadToken()
+		return "", err
+	}
+	return "", dec.SkipValue()
+}
+
+// fieldsByType caches each body struct's JSON field names and types.
+var fieldsByType sync.Map // reflect.Type → map[string]reflect.Type
+
+func jsonFields(t reflect.Type) map[string]reflect.Type {
+	if cached, ok := fieldsByType.Load(t); ok {
+		return cached.(map[string]reflect.Type)
+	}
+	fields := make(map[string]reflect.Type, t.NumField())
+	for i := range t.NumField() {
+		f := t.Field(i)
+		if !f.IsExported() {
+			continue
+		}
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if name == "-" {
+			continue
+		}
+		if name == "" {
+			name = f.Name
+		}
+		fields[name] = f.Type
+	}
+	fieldsByType.Store(t, fields)
+	return fields
 }
 
 func fieldTypeError(field, want string) error {

@@ -8,20 +8,21 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/awardee/awardee/engine"
+	"github.com/awardee/awardee/internal/testkit"
 )
 
-// testServer is the real server on a loopback port with its own data directory.
+// testServer is the real server on a loopback port with its own data directory, and a client
+// of its API.
 type testServer struct {
 	*server
-	URL    string
-	dir    string
-	client *http.Client
+	*apiClient
+	dir string
 }
 
 type testOrg struct {
@@ -57,8 +58,7 @@ func startTestServer(t testing.TB, cfg Config) *testServer {
 	}
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ln) }()
-	ts := &testServer{server: srv, URL: "http://" + cfg.Addr, dir: cfg.Data,
-		client: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 128}}}
+	ts := &testServer{server: srv, apiClient: newAPIClient("http://" + cfg.Addr), dir: cfg.Data}
 	t.Cleanup(func() {
 		ts.stop(t)
 		if err := <-done; err != nil {
@@ -91,6 +91,17 @@ func (ts *testServer) newOrg(t testing.TB, rate float64, burst int) testOrg {
 	return testOrg{created}
 }
 
+// apiClient is a real HTTP client of one server's API, whether the server runs in process
+// (testServer) or as the built binary (process): every test talks HTTP through it.
+type apiClient struct {
+	URL string
+	hc  *http.Client
+}
+
+func newAPIClient(baseURL string) *apiClient {
+	return &apiClient{URL: baseURL, hc: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 128}}}
+}
+
 // resp is one real HTTP exchange's outcome.
 type resp struct {
 	Status int
@@ -102,29 +113,40 @@ type resp struct {
 func (r resp) JSON(t testing.TB) map[string]any {
 	t.Helper()
 	var m map[string]any
-	if err := json.Unmarshal(r.Body, &m); err != nil {
-		t.Fatalf("body is not a JSON object: %v: %s", err, r.Body)
-	}
+	r.Decode(t, &m)
 	return m
 }
 
-// ErrorCode is the envelope's error.code ("" when the body is not an error envelope).
-func (r resp) ErrorCode() string {
+// Decode decodes the body into v, failing the test if it does not decode.
+func (r resp) Decode(t testing.TB, v any) {
+	t.Helper()
+	if err := json.Unmarshal(r.Body, v); err != nil {
+		t.Fatalf("body (status %d) does not decode into %T: %v: %s", r.Status, v, err, r.Body)
+	}
+}
+
+// ErrorCode is the envelope's error.code, failing the test when the body is not an error
+// envelope.
+func (r resp) ErrorCode(t testing.TB) string {
+	t.Helper()
 	var env struct {
-		Error struct {
+		Error *struct {
 			Code string `json:"code"`
 		} `json:"error"`
 	}
-	json.Unmarshal(r.Body, &env)
+	r.Decode(t, &env)
+	if env.Error == nil {
+		t.Fatalf("status %d without an error envelope: %s", r.Status, r.Body)
+	}
 	return env.Error.Code
 }
 
 // do sends one request; body may be nil, a string or a value to encode as JSON. headers are
 // name, value pairs. A transport error fails the test, so call it from the test's goroutine only;
 // other goroutines use try.
-func (ts *testServer) do(t testing.TB, method, path, key string, body any, headers ...string) resp {
+func (c *apiClient) do(t testing.TB, method, path, key string, body any, headers ...string) resp {
 	t.Helper()
-	r, err := ts.try(method, path, key, body, headers...)
+	r, err := c.try(method, path, key, body, headers...)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, path, err)
 	}
@@ -132,7 +154,7 @@ func (ts *testServer) do(t testing.TB, method, path, key string, body any, heade
 }
 
 // try is do that returns its error instead of failing the test.
-func (ts *testServer) try(method, path, key string, body any, headers ...string) (resp, error) {
+func (c *apiClient) try(method, path, key string, body any, headers ...string) (resp, error) {
 	var rd io.Reader
 	switch b := body.(type) {
 	case nil:
@@ -147,7 +169,7 @@ func (ts *testServer) try(method, path, key string, body any, headers ...string)
 		}
 		rd = bytes.NewReader(raw)
 	}
-	req, err := http.NewRequest(method, ts.URL+path, rd)
+	req, err := http.NewRequest(method, c.URL+path, rd)
 	if err != nil {
 		return resp{}, err
 	}
@@ -160,7 +182,7 @@ func (ts *testServer) try(method, path, key string, body any, headers ...string)
 	for i := 0; i+1 < len(headers); i += 2 {
 		req.Header.Set(headers[i], headers[i+1])
 	}
-	res, err := ts.client.Do(req)
+	res, err := c.hc.Do(req)
 	if err != nil {
 		return resp{}, err
 	}
@@ -174,10 +196,10 @@ func (ts *testServer) try(method, path, key string, body any, headers ...string)
 
 // goDo sends a request from another goroutine; the outcome arrives on the channel (a transport
 // error as status 0 with the error in the body).
-func (ts *testServer) goDo(method, path, key string, body any, headers ...string) <-chan resp {
+func (c *apiClient) goDo(method, path, key string, body any, headers ...string) <-chan resp {
 	out := make(chan resp, 1)
 	go func() {
-		r, err := ts.try(method, path, key, body, headers...)
+		r, err := c.try(method, path, key, body, headers...)
 		if err != nil {
 			r = resp{Body: []byte(err.Error())}
 		}
@@ -186,40 +208,25 @@ func (ts *testServer) goDo(method, path, key string, body any, headers ...string
 	return out
 }
 
-// holdCommitLoop parks the commit loop inside a unit until the returned release is called (or
-// the test ends, so a failing test cannot hang in Close), letting a test queue units behind it.
+// holdCommitLoop parks the commit loop inside a unit until release (see testkit.HoldCommitLoop).
 func (ts *testServer) holdCommitLoop(t testing.TB) (release func()) {
 	t.Helper()
-	holding, unblock := make(chan struct{}), make(chan struct{})
-	var once sync.Once
-	release = func() { once.Do(func() { close(unblock) }) }
-	t.Cleanup(release)
-	go ts.db.Update(context.Background(), func(*engine.Tx) error {
-		close(holding)
-		<-unblock
-		return nil
+	return testkit.HoldCommitLoop(t, func(block func()) error {
+		return ts.db.Update(context.Background(), func(*engine.Tx) error {
+			block()
+			return nil
+		})
 	})
-	select {
-	case <-holding:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the commit loop did not pick up the holding unit")
-	}
-	return release
 }
 
-// receive waits for one response with a deadline.
+// receive waits for one response of goDo with a deadline; a transport error fails the test.
 func receive(t testing.TB, what string, ch <-chan resp) resp {
 	t.Helper()
-	select {
-	case r := <-ch:
-		if r.Status == 0 {
-			t.Fatalf("%s: %s", what, r.Body)
-		}
-		return r
-	case <-time.After(30 * time.Second):
-		t.Fatalf("timed out waiting for %s", what)
-		return resp{}
+	r := testkit.Recv(t, what, ch)
+	if r.Status == 0 {
+		t.Fatalf("%s: %s", what, r.Body)
 	}
+	return r
 }
 
 // mustStatus fails the test unless r has the wanted status.
@@ -231,70 +238,66 @@ func mustStatus(t testing.TB, r resp, want int) resp {
 	return r
 }
 
-// createConversation opens a conversation in status through the team API and returns its id and
+// newConversation opens a conversation in status through the team API and returns its id and
 // visitor token.
-func (ts *testServer) createConversation(t testing.TB, apiKey string, status engine.Status) (string, string) {
+func (c *apiClient) newConversation(t testing.TB, apiKey string, status engine.Status) (string, string) {
 	t.Helper()
-	r := mustStatus(t, ts.do(t, "POST", "/conversations", apiKey, map[string]any{"status": string(status)}), 201)
 	var out engine.CreatedConversation
-	if err := json.Unmarshal(r.Body, &out); err != nil {
-		t.Fatal(err)
-	}
+	mustStatus(t, c.do(t, "POST", "/conversations", apiKey, map[string]any{"status": string(status)}), 201).Decode(t, &out)
 	return out.Conversation.ID, out.VisitorToken
 }
 
-// conversationIn creates a conversation and moves it to any status through allowed PATCHes.
-func (ts *testServer) conversationIn(t testing.TB, apiKey string, status engine.Status) string {
+// conversationIn creates a conversation and moves it to any status through the shortest path of
+// allowed PATCHes (engine.PathTo).
+func (c *apiClient) conversationIn(t testing.TB, apiKey string, status engine.Status) string {
 	t.Helper()
-	path := map[engine.Status][]engine.Status{
-		engine.StatusBotActive:      {engine.StatusBotActive},
-		engine.StatusAgentRequested: {engine.StatusAgentRequested},
-		engine.StatusOpen:           {engine.StatusOpen},
-		engine.StatusResolved:       {engine.StatusOpen, engine.StatusResolved},
-		engine.StatusClosed:         {engine.StatusOpen, engine.StatusClosed},
-		engine.StatusArchived:       {engine.StatusOpen, engine.StatusClosed, engine.StatusArchived},
-	}[status]
-	id, _ := ts.createConversation(t, apiKey, path[0])
-	for _, s := range path[1:] {
-		mustStatus(t, ts.do(t, "PATCH", "/conversations/"+id, apiKey, map[string]any{"status": string(s)}), 200)
+	create, path, ok := engine.PathTo(status)
+	if !ok {
+		t.Fatalf("no path to status %s", status)
+	}
+	id, _ := c.newConversation(t, apiKey, create)
+	for _, s := range path {
+		mustStatus(t, c.do(t, "PATCH", "/conversations/"+id, apiKey, map[string]any{"status": string(s)}), 200)
 	}
 	return id
 }
 
-// messages lists a conversation's messages through the team API.
-func (ts *testServer) messages(t testing.TB, apiKey, convID string) []engine.Message {
+// pages follows next_cursor from first through every page, decoding each page's data into T.
+func pages[T any](t testing.TB, c *apiClient, apiKey, first string) []T {
 	t.Helper()
-	r := mustStatus(t, ts.do(t, "GET", "/conversations/"+convID+"/messages?limit=100", apiKey, nil), 200)
-	var page struct {
-		Data []engine.Message `json:"data"`
-	}
-	if err := json.Unmarshal(r.Body, &page); err != nil {
-		t.Fatal(err)
-	}
-	return page.Data
-}
-
-// events lists the org's event log through the API.
-func (ts *testServer) events(t testing.TB, apiKey string) []engine.Event {
-	t.Helper()
-	r := mustStatus(t, ts.do(t, "GET", "/events?limit=100", apiKey, nil), 200)
-	var page struct {
-		Data []engine.Event `json:"data"`
-	}
-	if err := json.Unmarshal(r.Body, &page); err != nil {
-		t.Fatal(err)
-	}
-	return page.Data
-}
-
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t testing.TB, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", within, what)
+	var all []T
+	seen := map[string]bool{}
+	path := first
+	for {
+		var page struct {
+			Data       []T     `json:"data"`
+			NextCursor *string `json:"next_cursor"`
 		}
-		time.Sleep(10 * time.Millisecond)
+		mustStatus(t, c.do(t, "GET", path, apiKey, nil), 200).Decode(t, &page)
+		all = append(all, page.Data...)
+		if page.NextCursor == nil {
+			return all
+		}
+		if seen[*page.NextCursor] {
+			t.Fatalf("%s: next_cursor %q came back twice: paging would never end", first, *page.NextCursor)
+		}
+		seen[*page.NextCursor] = true
+		sep := "?"
+		if strings.Contains(first, "?") {
+			sep = "&"
+		}
+		path = first + sep + "cursor=" + url.QueryEscape(*page.NextCursor)
 	}
+}
+
+// messages lists a conversation's whole thread through the team API, every page.
+func (c *apiClient) messages(t testing.TB, apiKey, convID string) []engine.Message {
+	t.Helper()
+	return pages[engine.Message](t, c, apiKey, "/conversations/"+convID+"/messages?limit=100")
+}
+
+// events lists the org's whole event log through the API, every page.
+func (c *apiClient) events(t testing.TB, apiKey string) []engine.Event {
+	t.Helper()
+	return pages[engine.Event](t, c, apiKey, "/events?limit=100")
 }

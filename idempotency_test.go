@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/awardee/awardee/engine"
+	"github.com/awardee/awardee/internal/testkit"
 )
 
 func TestIdempotentReplayIsByteIdenticalAndStoresOnce(t *testing.T) {
@@ -41,7 +42,7 @@ func TestIdempotentReplayIsByteIdenticalAndStoresOnce(t *testing.T) {
 func TestIdempotencyAppliesToEveryPostAndPatch(t *testing.T) {
 	ts := newTestServer(t)
 	org := ts.newOrg(t, 0, 0)
-	convID, token := ts.createConversation(t, org.APIKey, engine.StatusBotActive)
+	convID, token := ts.newConversation(t, org.APIKey, engine.StatusBotActive)
 	cases := []struct {
 		method, path, key, body string
 	}{
@@ -82,7 +83,7 @@ func TestIdempotencyKeyMismatch(t *testing.T) {
 		{"PATCH", "/conversations/" + id, `{"text":"a"}`},                 // other method and path
 	} {
 		r := mustStatus(t, ts.do(t, c.method, c.path, org.APIKey, c.body, "Idempotency-Key", "k"), 422)
-		if r.ErrorCode() != engine.CodeIdempotencyMismatch {
+		if r.ErrorCode(t) != engine.CodeIdempotencyMismatch {
 			t.Fatalf("%s %s %s: %s", c.method, c.path, c.body, r.Body)
 		}
 	}
@@ -102,7 +103,7 @@ func TestIdempotencyKeyValidation(t *testing.T) {
 		"control":   "a\tb",
 	} {
 		r := mustStatus(t, ts.do(t, "POST", "/conversations/"+id+"/messages", org.APIKey, `{"text":"x"}`, "Idempotency-Key", key), 400)
-		if r.ErrorCode() != engine.CodeValidation {
+		if r.ErrorCode(t) != engine.CodeValidation {
 			t.Fatalf("%s: %s", name, r.Body)
 		}
 	}
@@ -122,14 +123,14 @@ func TestIdempotencyKeyInUse(t *testing.T) {
 
 	release := ts.holdCommitLoop(t)
 	firstDone := ts.goDo("POST", path, org.APIKey, `{"text":"slow"}`, "Idempotency-Key", "busy")
-	waitFor(t, 10*time.Second, "the first request to hold its key", func() bool {
+	testkit.WaitFor(t, "the first request to hold its key", func() bool {
 		ts.inflight.mu.Lock()
 		defer ts.inflight.mu.Unlock()
 		_, held := ts.inflight.keys[org.OrgID+"busy"]
 		return held
 	})
 	second := mustStatus(t, ts.do(t, "POST", path, org.APIKey, `{"text":"slow"}`, "Idempotency-Key", "busy"), 409)
-	if second.ErrorCode() != engine.CodeIdempotencyInUse {
+	if second.ErrorCode(t) != engine.CodeIdempotencyInUse {
 		t.Fatalf("second: %s", second.Body)
 	}
 	release()
@@ -177,7 +178,7 @@ func TestIdempotencyKeysExpire(t *testing.T) {
 	id := ts.conversationIn(t, org.APIKey, engine.StatusOpen)
 	path := "/conversations/" + id + "/messages"
 	mustStatus(t, ts.do(t, "POST", path, org.APIKey, `{"text":"one"}`, "Idempotency-Key", "ttl"), 201)
-	waitFor(t, 10*time.Second, "the sweeper to delete the expired key", func() bool {
+	testkit.WaitFor(t, "the sweeper to delete the expired key", func() bool {
 		rec, err := ts.db.LookupIdempotency(org.OrgID, "ttl", time.Hour)
 		return err == nil && rec == nil
 	})
@@ -197,30 +198,28 @@ func TestKillNineBetweenRetriesNeverDuplicates(t *testing.T) {
 	dir := t.TempDir()
 	org := createOrgCLI(t, dir)
 	p := startProcess(t, dir)
-	client := &http.Client{Timeout: 10 * time.Second}
-	convID := createConversationHTTP(t, client, p.URL, org.APIKey)
+	convID, _ := p.newConversation(t, org.APIKey, engine.StatusOpen)
 	const rounds = 6
 	for round := range rounds {
 		key := fmt.Sprintf("kill-%d", round)
 		text := fmt.Sprintf(`{"text":"round %d"}`, round)
-		sent := make(chan struct{})
-		url := p.URL + "/conversations/" + convID + "/messages"
-		go func() {
-			close(sent)
-			keyedPost(client, url, org.APIKey, key, text)
-		}()
-		<-sent
+		path := "/conversations/" + convID + "/messages"
+		inFlight := p.goDo("POST", path, org.APIKey, text, "Idempotency-Key", key)
 		// Vary the moment of the kill across rounds: before, during and after the commit.
 		deadline := time.Now().Add(time.Duration(round) * 3 * time.Millisecond)
 		for time.Now().Before(deadline) {
 		}
 		p.cmd.Process.Kill()
 		<-p.exited
+		testkit.Recv(t, "the killed request's outcome", inFlight) // a 201 or a broken connection
 		p = startProcess(t, dir)
 		var status int
 		for range 50 {
-			status, _ = keyedPost(client, p.URL+"/conversations/"+convID+"/messages", org.APIKey, key, text)
-			if status != http.StatusConflict {
+			r, err := p.try("POST", path, org.APIKey, text, "Idempotency-Key", key)
+			if err != nil {
+				t.Fatalf("round %d: retry: %v", round, err)
+			}
+			if status = r.Status; status != http.StatusConflict {
 				break
 			}
 		}
@@ -228,7 +227,7 @@ func TestKillNineBetweenRetriesNeverDuplicates(t *testing.T) {
 			t.Fatalf("round %d: retry got %d", round, status)
 		}
 	}
-	msgs := listAllMessages(t, client, p.URL, org.APIKey, convID)
+	msgs := p.messages(t, org.APIKey, convID)
 	count := map[string]int{}
 	for _, m := range msgs {
 		count[m.Text]++
@@ -246,8 +245,8 @@ func TestKillNineBetweenRetriesNeverDuplicates(t *testing.T) {
 func TestIdempotencyScopesOfVisitors(t *testing.T) {
 	ts := newTestServer(t)
 	org := ts.newOrg(t, 0, 0)
-	convA, tokenA := ts.createConversation(t, org.APIKey, engine.StatusBotActive)
-	_, tokenB := ts.createConversation(t, org.APIKey, engine.StatusBotActive)
+	convA, tokenA := ts.newConversation(t, org.APIKey, engine.StatusBotActive)
+	_, tokenB := ts.newConversation(t, org.APIKey, engine.StatusBotActive)
 	path := "/widget/conversations/" + convA + "/request-agent"
 	mustStatus(t, ts.do(t, "POST", path, tokenA, nil, "Idempotency-Key", "R"), 200)
 	r := mustStatus(t, ts.do(t, "POST", path, tokenB, nil, "Idempotency-Key", "R"), 404)
@@ -275,7 +274,7 @@ func TestIdempotencyFingerprintUsesTheMatchedPath(t *testing.T) {
 	body := `{"text":"hi"}`
 	mustStatus(t, ts.do(t, "POST", encoded, org.APIKey, body, "Idempotency-Key", "encoded"), 404)
 	r := ts.do(t, "POST", "/conversations/"+id+"/messages", org.APIKey, body, "Idempotency-Key", "encoded")
-	if r.Header.Get("Idempotent-Replayed") != "" || r.Status != 422 || r.ErrorCode() != engine.CodeIdempotencyMismatch {
+	if r.Header.Get("Idempotent-Replayed") != "" || r.Status != 422 || r.ErrorCode(t) != engine.CodeIdempotencyMismatch {
 		t.Fatalf("the real path under the key of an encoded one: %d %s (replayed %q), want 422 mismatch", r.Status, r.Body, r.Header.Get("Idempotent-Replayed"))
 	}
 }

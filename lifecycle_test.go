@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,48 +17,77 @@ import (
 	"time"
 
 	"github.com/awardee/awardee/engine"
+	"github.com/awardee/awardee/internal/testkit"
 )
 
-// TestMain removes the binary that awardeeBinary built, if any.
+// TestMain removes the binaries that awardeeBinary built, if any.
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if buildOnce.path != "" {
-		os.RemoveAll(filepath.Dir(buildOnce.path))
+	builds.mu.Lock()
+	for _, b := range builds.byTags {
+		if b.path != "" {
+			os.RemoveAll(filepath.Dir(b.path))
+		}
 	}
+	builds.mu.Unlock()
 	os.Exit(code)
 }
 
-// buildBinary compiles the real awardee binary once per test run.
-var buildOnce struct {
-	sync.Once
+// builds holds the binaries compiled by this test run, one per set of build tags.
+var builds struct {
+	mu     sync.Mutex
+	byTags map[string]*build
+}
+
+type build struct {
+	once sync.Once
 	path string
 	err  error
 }
 
+// awardeeBinary compiles the real awardee binary once per test run.
 func awardeeBinary(t *testing.T) string {
 	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "awardee-bin")
-		if err != nil {
-			buildOnce.err = err
-			return
-		}
-		buildOnce.path = filepath.Join(dir, "awardee")
-		out, err := exec.Command("go", "build", "-o", buildOnce.path, ".").CombinedOutput()
-		if err != nil {
-			buildOnce.err = fmt.Errorf("go build: %v: %s", err, out)
-		}
-	})
-	if buildOnce.err != nil {
-		t.Fatal(buildOnce.err)
-	}
-	return buildOnce.path
+	return awardeeBinaryTagged(t, "")
 }
 
-// process is the built binary serving a data directory, as an operator runs it.
+// awardeeBinaryTagged compiles the binary with the given build tags (comma-separated), once per
+// test run and set of tags.
+func awardeeBinaryTagged(t *testing.T, tags string) string {
+	t.Helper()
+	builds.mu.Lock()
+	if builds.byTags == nil {
+		builds.byTags = map[string]*build{}
+	}
+	b := builds.byTags[tags]
+	if b == nil {
+		b = &build{}
+		builds.byTags[tags] = b
+	}
+	builds.mu.Unlock()
+	b.once.Do(func() {
+		dir, err := os.MkdirTemp("", "awardee-bin")
+		if err != nil {
+			b.err = err
+			return
+		}
+		b.path = filepath.Join(dir, "awardee")
+		out, err := exec.Command("go", "build", "-tags", tags, "-o", b.path, ".").CombinedOutput()
+		if err != nil {
+			b.err = fmt.Errorf("go build -tags %q: %v: %s", tags, err, out)
+		}
+	})
+	if b.err != nil {
+		t.Fatal(b.err)
+	}
+	return b.path
+}
+
+// process is the built binary serving a data directory, as an operator runs it, and a client
+// of its API.
 type process struct {
+	*apiClient
 	cmd    *exec.Cmd
-	URL    string
 	stdout *lockedBuffer
 	stderr *lockedBuffer
 	exited chan error
@@ -87,7 +115,13 @@ var listenLine = regexp.MustCompile(`msg=listening addr=(\S+)`)
 // startProcess runs `awardee serve` on a free loopback port and waits until it listens.
 func startProcess(t *testing.T, dataDir string) *process {
 	t.Helper()
-	cmd := exec.Command(awardeeBinary(t), "serve", "--addr", "127.0.0.1:0", "--data", dataDir)
+	return startCommand(t, exec.Command(awardeeBinary(t), "serve", "--addr", "127.0.0.1:0", "--data", dataDir))
+}
+
+// startCommand starts cmd, which runs `awardee serve` (directly, or under a launcher such as
+// strace), and waits until the server logs its address. The test's end kills it if it still runs.
+func startCommand(t *testing.T, cmd *exec.Cmd) *process {
+	t.Helper()
 	p := &process{cmd: cmd, stdout: &lockedBuffer{}, stderr: &lockedBuffer{}, exited: make(chan error, 1)}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
@@ -117,28 +151,13 @@ func startProcess(t *testing.T, dataDir string) *process {
 	})
 	select {
 	case a := <-addr:
-		p.URL = "http://" + a
+		p.apiClient = newAPIClient("http://" + a)
 	case err := <-p.exited:
 		t.Fatalf("server exited before listening: %v\n%s", err, p.stderr)
 	case <-time.After(20 * time.Second):
 		t.Fatalf("server did not listen within 20 s:\n%s", p.stderr)
 	}
 	return p
-}
-
-func post(client *http.Client, url, key, body string) (int, []byte, error) {
-	req, err := http.NewRequest("POST", url, strings.NewReader(body))
-	if err != nil {
-		return 0, nil, err
-	}
-	req.Header.Set("Authorization", "Bearer "+key)
-	res, err := client.Do(req)
-	if err != nil {
-		return 0, nil, err
-	}
-	defer res.Body.Close()
-	raw, err := io.ReadAll(res.Body)
-	return res.StatusCode, raw, err
 }
 
 // stopUnderLoad posts from many clients into one conversation of the built binary, stops the
@@ -149,13 +168,13 @@ func stopUnderLoad(t *testing.T, sig syscall.Signal) *process {
 	// An org whose rate window the load never meets, made with the CLI as an operator would.
 	key := createOrgCLI(t, dir).APIKey
 	p := startProcess(t, dir)
-	client := &http.Client{Timeout: 10 * time.Second}
-	convID := createConversationHTTP(t, client, p.URL, key)
+	convID, _ := p.newConversation(t, key, engine.StatusOpen)
 
 	const posters, maxPerPoster = 16, 400
 	var mu sync.Mutex
 	acked := map[string]bool{}
 	refused := map[int]int{} // statuses other than 201
+	undecoded := 0           // 201s whose body is not a message: a failure, counted off the test's goroutine
 	enough := make(chan struct{})
 	var once sync.Once
 	var wg sync.WaitGroup
@@ -164,18 +183,23 @@ func stopUnderLoad(t *testing.T, sig syscall.Signal) *process {
 		go func() {
 			defer wg.Done()
 			for i := range maxPerPoster {
-				status, raw, err := post(client, p.URL+"/conversations/"+convID+"/messages", key, fmt.Sprintf(`{"text":"w%d-%d"}`, w, i))
+				r, err := p.try("POST", "/conversations/"+convID+"/messages", key, fmt.Sprintf(`{"text":"w%d-%d"}`, w, i))
 				if err != nil {
 					return // the server is gone
 				}
-				if status != 201 {
+				if r.Status != 201 {
 					mu.Lock()
-					refused[status]++
+					refused[r.Status]++
 					mu.Unlock()
 					continue
 				}
 				var msg engine.Message
-				json.Unmarshal(raw, &msg)
+				if err := json.Unmarshal(r.Body, &msg); err != nil || msg.ID == "" {
+					mu.Lock()
+					undecoded++
+					mu.Unlock()
+					continue
+				}
 				mu.Lock()
 				acked[msg.ID] = true
 				if len(acked) >= 300 {
@@ -199,7 +223,10 @@ func stopUnderLoad(t *testing.T, sig syscall.Signal) *process {
 	case <-time.After(30 * time.Second):
 		t.Fatalf("the server did not exit within 30 s of %v", sig)
 	}
-	wg.Wait()
+	testkit.WaitAll(t, "the posters to stop", &wg)
+	if undecoded > 0 {
+		t.Errorf("%d answers of 201 were not a message", undecoded)
+	}
 	if sig == syscall.SIGTERM {
 		if exitErr != nil {
 			t.Fatalf("exit after SIGTERM: %v\n%s", exitErr, p.stderr)
@@ -213,7 +240,7 @@ func stopUnderLoad(t *testing.T, sig syscall.Signal) *process {
 	}
 
 	p2 := startProcess(t, dir)
-	stored := listAllMessages(t, client, p2.URL, key, convID)
+	stored := p2.messages(t, key, convID)
 	have := map[string]bool{}
 	for i, msg := range stored {
 		have[msg.ID] = true
@@ -249,9 +276,10 @@ func TestSIGTERMDrainsUnderLoad(t *testing.T) {
 func TestSecondStartKeepsTheDefaultOrg(t *testing.T) {
 	dir := t.TempDir()
 	p := startProcess(t, dir)
-	if !strings.Contains(p.stdout.String(), "API key:    ak_") || !strings.Contains(p.stdout.String(), "widget key: wk_") {
-		t.Fatalf("first start printed %q", p.stdout.String())
-	}
+	// stdout has its own pipe: it may reach the buffer after the listening line did.
+	testkit.WaitFor(t, "the default org's keys on stdout", func() bool {
+		return strings.Contains(p.stdout.String(), "API key:    ak_") && strings.Contains(p.stdout.String(), "widget key: wk_")
+	})
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -274,6 +302,7 @@ func TestOfflineCommandRefusesWhileServing(t *testing.T) {
 		{"org", "create", "--data", ts.dir, "--name", "x"},
 		{"key", "create", "--data", ts.dir, "--org", "org_01M899DMSHP81E40S97M25T4G2"},
 		{"backup", "--data", ts.dir, filepath.Join(t.TempDir(), "b.db")},
+		{"check", "--data", ts.dir},
 	} {
 		start := time.Now()
 		err := run(args, io.Discard, io.Discard)
@@ -314,7 +343,9 @@ func TestOfflineCommands(t *testing.T) {
 		t.Fatal(err)
 	}
 	var updated engine.Org
-	json.Unmarshal(out.Bytes(), &updated)
+	if err := json.Unmarshal(out.Bytes(), &updated); err != nil {
+		t.Fatalf("org update printed %q: %v", out.String(), err)
+	}
 	if updated.Rate != 3 || updated.Burst != 9 {
 		t.Fatalf("org update: rate %v burst %d, want 3 and 9 (untouched)", updated.Rate, updated.Burst)
 	}
@@ -403,68 +434,4 @@ func createOrgCLI(t *testing.T, dir string) engine.CreatedOrg {
 		t.Fatalf("org create printed %q: %v", out, err)
 	}
 	return org
-}
-
-func createConversationHTTP(t *testing.T, client *http.Client, baseURL, key string) string {
-	t.Helper()
-	status, raw, err := post(client, baseURL+"/conversations", key, `{"status":"open"}`)
-	if err != nil || status != 201 {
-		t.Fatalf("create conversation: %d %v %s", status, err, raw)
-	}
-	var created engine.CreatedConversation
-	if err := json.Unmarshal(raw, &created); err != nil {
-		t.Fatal(err)
-	}
-	return created.Conversation.ID
-}
-
-func keyedPost(client *http.Client, url, key, idemKey, body string) (int, []byte) {
-	req, _ := http.NewRequest("POST", url, strings.NewReader(body))
-	req.Header.Set("Authorization", "Bearer "+key)
-	req.Header.Set("Idempotency-Key", idemKey)
-	res, err := client.Do(req)
-	if err != nil {
-		return 0, nil
-	}
-	defer res.Body.Close()
-	raw, _ := io.ReadAll(res.Body)
-	return res.StatusCode, raw
-}
-
-// listAllMessages follows next_cursor through every page.
-func listAllMessages(t *testing.T, client *http.Client, baseURL, key, convID string) []engine.Message {
-	t.Helper()
-	var all []engine.Message
-	cursor := ""
-	seen := map[string]bool{}
-	for {
-		req, _ := http.NewRequest("GET", baseURL+"/conversations/"+convID+"/messages?limit=100&cursor="+cursor, nil)
-		req.Header.Set("Authorization", "Bearer "+key)
-		res, err := client.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if res.StatusCode != 200 {
-			res.Body.Close()
-			t.Fatalf("listing messages: status %d", res.StatusCode)
-		}
-		var page struct {
-			Data       []engine.Message `json:"data"`
-			NextCursor *string          `json:"next_cursor"`
-		}
-		err = json.NewDecoder(res.Body).Decode(&page)
-		res.Body.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
-		all = append(all, page.Data...)
-		if page.NextCursor == nil {
-			return all
-		}
-		if seen[*page.NextCursor] {
-			t.Fatalf("next_cursor %q came back twice: paging would never end", *page.NextCursor)
-		}
-		seen[*page.NextCursor] = true
-		cursor = *page.NextCursor
-	}
 }

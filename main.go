@@ -1,6 +1,6 @@
 // Command awardee is a self-hosted chat-support server: one binary, one bbolt file, one node.
 //
-// Subcommands: serve, org create, org update, key create, backup. Every flag also reads its
+// Subcommands: serve, org create, org update, key create, backup, check. Every flag also reads its
 // AWARDEE_<FLAG> environment variable.
 package main
 
@@ -12,8 +12,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -27,6 +29,7 @@ const usage = `usage:
   awardee org update --data DIR --org ORG_ID [--rate R] [--burst B]
   awardee key create --data DIR --org ORG_ID [--name NAME]
   awardee backup --data DIR OUT
+  awardee check --data DIR
   awardee bench --url http://127.0.0.1:8080 --key ak_… [--concurrency 64] [--requests 50000] [--duration 30s]
 Run "awardee <command> -h" for a command's flags.
 `
@@ -59,6 +62,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		}
 	case "backup":
 		return backupCommand(rest, stdout)
+	case "check":
+		return checkCommand(rest, stdout)
 	case "bench":
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 		defer stop()
@@ -76,26 +81,51 @@ func serveCommand(args []string, stdout, stderr io.Writer) error {
 	if err := parseWithEnv(newServeFlagSet(&cfg), args); err != nil {
 		return err
 	}
+	if err := cfg.validate(); err != nil {
+		return err
+	}
 	logger := slog.New(slog.NewTextHandler(stderr, nil))
-	srv, err := newServer(cfg, logger, stdout)
+	// Bind before anything else: the first start creates org "default" and prints its secrets
+	// once, and a start that cannot have its address must neither lose them nor create the org.
+	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
 		return err
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
+	srv, err := newServer(cfg, logger, stdout)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	signals := make(chan os.Signal, 2)
+	signal.Notify(signals, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(signals)
 	errc := make(chan error, 1)
-	go func() { errc <- srv.ListenAndServe() }()
+	go func() { errc <- srv.Serve(ln) }()
 	select {
 	case err := <-errc:
 		srv.Close(context.Background())
 		return err
-	case <-ctx.Done():
+	case sig := <-signals:
+		logger.Info("shutting down: draining requests", "signal", sig.String(), "timeout", cfg.ShutdownTimeout)
 	}
-	logger.Info("shutting down: draining requests")
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
-	if err := srv.Close(shutdownCtx); err != nil {
-		return err
+	closed := make(chan error, 1)
+	go func() { closed <- srv.Close(shutdownCtx) }()
+	select {
+	case sig := <-signals:
+		// The operator asked twice: stop now. Every acknowledged write is already fsync'd; what
+		// is still in flight was never acknowledged.
+		logger.Error("second signal during the drain: stopping at once", "signal", sig.String())
+		return errors.New("stopped by a second signal before the drain finished")
+	case err := <-closed:
+		if errors.Is(err, errDrainTimedOut) {
+			logger.Error("drain timed out: requests still in flight were cut off", "timeout", cfg.ShutdownTimeout)
+			return err
+		}
+		if err != nil {
+			return err
+		}
 	}
 	logger.Info("stopped cleanly")
 	return nil
@@ -129,8 +159,8 @@ func orgCreateCommand(args []string, stdout io.Writer) error {
 	if err := parseWithEnv(fs, args); err != nil {
 		return err
 	}
-	if *rate <= 0 || *burst < 1 {
-		return errors.New("--rate must be positive and --burst at least 1")
+	if err := checkRateFlags(rate, burst); err != nil {
+		return err
 	}
 	db, err := openOffline(*dir)
 	if err != nil {
@@ -162,6 +192,9 @@ func orgUpdateCommand(args []string, stdout io.Writer) error {
 			u.Burst = burst
 		}
 	})
+	if err := checkRateFlags(u.Rate, u.Burst); err != nil {
+		return err
+	}
 	db, err := openOffline(*dir)
 	if err != nil {
 		return err
@@ -172,6 +205,22 @@ func orgUpdateCommand(args []string, stdout io.Writer) error {
 		return err
 	}
 	return printJSON(stdout, org)
+}
+
+// checkRateFlags refuses a --rate or --burst (nil when not given) outside section 8's bounds
+// before any database is opened.
+func checkRateFlags(rate *float64, burst *int) error {
+	if rate != nil {
+		if err := engine.CheckRate(*rate); err != nil {
+			return fmt.Errorf("--rate: %w", err)
+		}
+	}
+	if burst != nil {
+		if err := engine.CheckBurst(*burst); err != nil {
+			return fmt.Errorf("--burst: %w", err)
+		}
+	}
+	return nil
 }
 
 func keyCreateCommand(args []string, stdout io.Writer) error {
@@ -216,4 +265,36 @@ func backupCommand(args []string, stdout io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "backup written to %s\n", fs.Arg(0))
 	return nil
+}
+
+// checkCommand verifies a stopped server's database without changing it: bbolt's page check and
+// the engine's invariants. It prints "ok", or every problem and fails.
+func checkCommand(args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("check", flag.ContinueOnError)
+	dir := fs.String("data", "", "data directory")
+	if err := parseWithEnv(fs, args); err != nil {
+		return err
+	}
+	if *dir == "" {
+		return errors.New("--data is required")
+	}
+	problems, err := engine.CheckDir(*dir, time.Second)
+	if errors.Is(err, engine.ErrLocked) {
+		return fmt.Errorf("%w; stop the server first", err)
+	}
+	if err != nil {
+		return err
+	}
+	if len(problems) == 0 {
+		fmt.Fprintln(stdout, "ok")
+		return nil
+	}
+	for _, p := range problems {
+		fmt.Fprintln(stdout, p)
+	}
+	found := fmt.Sprintf("%d problems", len(problems))
+	if len(problems) == 1 {
+		found = "a problem"
+	}
+	return fmt.Errorf("%s has %s; restore the last backup into a new data directory", filepath.Join(*dir, engine.DatabaseFile), found)
 }

@@ -1,7 +1,10 @@
 package main
 
 import (
+	"crypto/sha256"
+	"crypto/subtle"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/awardee/awardee/engine"
@@ -57,12 +60,42 @@ func (m *metrics) observe(route string, ctx *fasthttp.RequestCtx, start time.Tim
 
 func (m *metrics) messagePosted(source string) { m.messages.WithLabelValues(source).Inc() }
 
-func (m *metrics) handler() fasthttp.RequestHandler {
-	h := fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{}))
+// watchConnections exports the listener's counters.
+func (m *metrics) watchConnections(c *connStats) {
+	m.registry.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "awardee_http_open_connections", Help: "Client connections open now."},
+			func() float64 { return float64(c.open.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "awardee_http_connection_cap_waits_total", Help: "Times a new connection had to wait because --max-conns were open."},
+			func() float64 { return float64(c.capWaits.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "awardee_http_connections_refused_total", Help: "Connections closed on accept because their address held --max-conns-per-ip already."},
+			func() float64 { return float64(c.refusedPerAddr.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "awardee_http_accept_retries_total", Help: "Accepts that failed for lack of descriptors or memory and were retried after a pause."},
+			func() float64 { return float64(c.acceptRetries.Load()) }))
+}
+
+// metricsHandler serves /metrics; with --metrics-token it answers only a request bearing it.
+func (s *server) metricsHandler() fasthttp.RequestHandler {
+	h := fasthttpadaptor.NewFastHTTPHandler(promhttp.HandlerFor(s.metrics.registry, promhttp.HandlerOpts{}))
 	return func(ctx *fasthttp.RequestCtx) {
 		setRequestID(ctx)
+		if s.cfg.MetricsToken != "" && !bearerMatches(ctx.Request.Header.Peek("Authorization"), s.cfg.MetricsToken) {
+			ctx.Response.Header.Set("WWW-Authenticate", `Bearer realm="metrics"`)
+			s.writeError(ctx, engine.Errorf(engine.CodeUnauthorized, "/metrics needs Authorization: Bearer <the server's metrics token>"))
+			return
+		}
 		h(ctx)
 	}
+}
+
+// bearerMatches compares in constant time; hashing first makes the time independent of the
+// length of the token as well.
+func bearerMatches(header []byte, token string) bool {
+	const scheme = "bearer "
+	if len(header) < len(scheme) || !strings.EqualFold(string(header[:len(scheme)]), scheme) {
+		return false
+	}
+	got, want := sha256.Sum256(header[len(scheme):]), sha256.Sum256([]byte(token))
+	return subtle.ConstantTimeCompare(got[:], want[:]) == 1
 }
 
 // conversationsCollector reads the per-status counts the engine keeps in step with every write,

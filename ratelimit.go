@@ -20,11 +20,16 @@ const (
 	visitorBurst = 20
 )
 
-// limiter keeps one token bucket per org for API keys, one per org for widget conversation
-// creation, and one per conversation for visitor tokens.
+// limiter keeps one token bucket per org for API keys ("org"), one per org for all of its
+// visitor traffic together ("widget": the widget key opening conversations and every visitor
+// token), and one per conversation for its visitor token ("visitor"). A visitor token's request
+// spends both its conversation's bucket and the org's widget bucket, so opening more
+// conversations never buys more than the org's window.
 type limiter struct {
-	db      *engine.DB
+	db *engine.DB
+
 	mu      sync.Mutex
+	now     func() time.Time // the clock; guarded by mu so a test can set it on a running server
 	buckets map[string]*bucket
 }
 
@@ -35,83 +40,161 @@ type bucket struct {
 }
 
 func newLimiter(db *engine.DB) *limiter {
-	return &limiter{db: db, buckets: make(map[string]*bucket)}
+	return &limiter{db: db, now: time.Now, buckets: make(map[string]*bucket)}
 }
 
-func (l *limiter) bucketFor(who engine.Principal) (*bucket, error) {
-	var key string
-	switch who.Kind {
-	case engine.KeyVisitor:
-		key = "visitor/" + who.ConversationID
-	case engine.KeyWidget:
-		key = "widget/" + who.OrgID
-	default:
-		key = "org/" + who.OrgID
+// bucketsFor returns the buckets a request of who spends, in the order they are spent, and the
+// time to spend them at.
+func (l *limiter) bucketsFor(who engine.Principal) ([]*bucket, time.Time, error) {
+	l.mu.Lock()
+	now := l.now()
+	l.mu.Unlock()
+	orgWindow := func(name string) func() (*bucket, error) {
+		return func() (*bucket, error) {
+			org, err := l.db.Org(who.OrgID)
+			if err != nil {
+				return nil, err
+			}
+			return newBucket(name, org.Rate, org.Burst), nil
+		}
 	}
+	if who.Kind != engine.KeyVisitor && who.Kind != engine.KeyWidget {
+		team, err := l.get("org/"+who.OrgID, orgWindow("org"))
+		return []*bucket{team}, now, err
+	}
+	widget, err := l.get("widget/"+who.OrgID, orgWindow("widget"))
+	if err != nil || who.Kind == engine.KeyWidget {
+		return []*bucket{widget}, now, err
+	}
+	visitor, _ := l.get("visitor/"+who.ConversationID, func() (*bucket, error) {
+		return newBucket("visitor", visitorRate, visitorBurst), nil
+	})
+	// The conversation's own bucket first: a visitor over its own window is refused without
+	// touching the org's.
+	return []*bucket{visitor, widget}, now, nil
+}
+
+// get returns the bucket stored under key, making and storing it when there is none.
+func (l *limiter) get(key string, create func() (*bucket, error)) (*bucket, error) {
 	l.mu.Lock()
 	b, ok := l.buckets[key]
 	l.mu.Unlock()
 	if ok {
 		return b, nil
 	}
-	if who.Kind == engine.KeyVisitor {
-		b = &bucket{name: "visitor", lim: rate.NewLimiter(visitorRate, visitorBurst), burst: visitorBurst}
-	} else {
-		org, err := l.db.Org(who.OrgID)
-		if err != nil {
-			return nil, err
-		}
-		b = &bucket{name: "org", lim: rate.NewLimiter(rate.Limit(org.Rate), org.Burst), burst: org.Burst}
-		if who.Kind == engine.KeyWidget {
-			b.name = "widget"
-		}
+	b, err := create()
+	if err != nil {
+		return nil, err
 	}
 	l.mu.Lock()
-	if existing, ok := l.buckets[key]; ok {
-		b = existing
-	} else {
-		l.buckets[key] = b
+	defer l.mu.Unlock()
+	if existing, ok := l.buckets[key]; ok { // a concurrent request made it first
+		return existing, nil
 	}
-	l.mu.Unlock()
+	l.buckets[key] = b
 	return b, nil
 }
 
-// allow takes one token for the request or refuses it with 429; either way it sets the RateLimit
-// headers. A refused request's reservation is cancelled, so it costs nothing.
+// newBucket clamps the window to the contract's bounds, so that a window stored before they
+// were enforced still gives finite, whole-second headers.
+func newBucket(name string, perSecond float64, burst int) *bucket {
+	if !(perSecond >= engine.MinRate) { // NaN included
+		perSecond = engine.MinRate
+	}
+	perSecond = min(perSecond, engine.MaxRate)
+	burst = max(1, min(burst, engine.MaxBurst))
+	return &bucket{name: name, lim: rate.NewLimiter(rate.Limit(perSecond), burst), burst: burst}
+}
+
+// allow takes one token from every bucket the request spends, or refuses it with 429; either way
+// it sets the RateLimit headers. A refused request costs nothing in any bucket. The last bucket
+// (the shared one: the org's, or its widget bucket) is only spent when it has a token, so a
+// flood's refusals never touch it; a bucket before it (a conversation's, which only its own
+// visitor spends) is reserved first, and the reservation is cancelled if a later one refuses.
+// Cancelling is exact only when no other request reserved in between (x/time/rate keeps what
+// was reserved after it), which is why the shared bucket is never the one cancelled.
 func (l *limiter) allow(ctx *fasthttp.RequestCtx, who engine.Principal) error {
-	b, err := l.bucketFor(who)
+	buckets, now, err := l.bucketsFor(who)
 	if err != nil {
 		return err
 	}
-	now := time.Now()
-	r := b.lim.ReserveN(now, 1) // always OK: every bucket has a burst of at least 1
-	wait := r.DelayFrom(now)
-	if wait > 0 {
+	last := len(buckets) - 1
+	reserved := make([]*rate.Reservation, 0, last)
+	var refusedBy *bucket
+	for _, b := range buckets[:last] {
+		if b.lim.TokensAt(now) < 1 {
+			refusedBy = b
+			break
+		}
+		// Always OK: every bucket has a burst of at least 1. A delay means a concurrent request
+		// took the last token since the check above.
+		r := b.lim.ReserveN(now, 1)
+		if r.DelayFrom(now) > 0 {
+			r.CancelAt(now)
+			refusedBy = b
+			break
+		}
+		reserved = append(reserved, r)
+	}
+	if refusedBy == nil && !buckets[last].lim.AllowN(now, 1) {
+		refusedBy = buckets[last]
+	}
+	if refusedBy == nil {
+		tightest(buckets, now).setHeaders(ctx, now)
+		return nil
+	}
+	for _, r := range reserved {
 		r.CancelAt(now)
 	}
-	b.setHeaders(ctx, now)
-	if wait > 0 {
-		retry := max(1, int(math.Ceil(wait.Seconds())))
-		ctx.Response.Header.Set("Retry-After", strconv.Itoa(retry))
-		return engine.Errorf(engine.CodeRateLimited, "the %s rate window is exhausted; retry after %d s", b.name, retry).
-			WithDetails(map[string]any{"retry_after": retry})
+	refusedBy.setHeaders(ctx, now)
+	retry := wholeSeconds(refusedBy.untilNextToken(now))
+	ctx.Response.Header.Set("Retry-After", strconv.Itoa(retry))
+	return engine.Errorf(engine.CodeRateLimited, "the %s rate window is exhausted; retry after %d s", refusedBy.name, retry).
+		WithDetails(map[string]any{"retry_after": retry})
+}
+
+// untilNextToken is the seconds until b holds a whole token again.
+func (b *bucket) untilNextToken(now time.Time) float64 {
+	return (1 - b.lim.TokensAt(now)) / float64(b.lim.Limit())
+}
+
+// tightest is the bucket that will refuse first: the fewest whole tokens left, and of those the
+// slowest to earn the next one. When two policies apply, the headers describe this one.
+func tightest(buckets []*bucket, now time.Time) *bucket {
+	best := buckets[0]
+	bestLeft := math.Floor(best.lim.TokensAt(now))
+	for _, b := range buckets[1:] {
+		left := math.Floor(b.lim.TokensAt(now))
+		if left < bestLeft || (left == bestLeft && b.lim.Limit() < best.lim.Limit()) {
+			best, bestLeft = b, left
+		}
 	}
-	return nil
+	return best
 }
 
 // setHeaders writes draft-ietf-httpapi-ratelimit-headers-10: the policy's quota is the burst over
 // the seconds a full refill takes; t is the seconds until the bucket is full again.
 func (b *bucket) setHeaders(ctx *fasthttp.RequestCtx, now time.Time) {
 	perSecond := float64(b.lim.Limit())
-	window := max(1, int(math.Ceil(float64(b.burst)/perSecond)))
 	tokens := b.lim.TokensAt(now)
 	remaining := max(0, int(math.Floor(tokens)))
 	reset := 0
 	if missing := float64(b.burst) - tokens; missing > 0 {
-		reset = int(math.Ceil(missing / perSecond))
+		reset = wholeSeconds(missing / perSecond)
 	}
-	ctx.Response.Header.Set("RateLimit-Policy", fmt.Sprintf("%q;q=%d;w=%d", b.name, b.burst, window))
+	ctx.Response.Header.Set("RateLimit-Policy", fmt.Sprintf("%q;q=%d;w=%d", b.name, b.burst, wholeSeconds(float64(b.burst)/perSecond)))
 	ctx.Response.Header.Set("RateLimit", fmt.Sprintf("%q;r=%d;t=%d", b.name, remaining, reset))
+}
+
+// wholeSeconds rounds a positive number of seconds up to at least 1. The bounds of an org's
+// window keep every result of the limiter's arithmetic far below the cap (at most
+// MaxBurst/MinRate = 10^8 s); the cap only keeps the conversion to int defined for any input.
+func wholeSeconds(s float64) int {
+	const ceiling = math.MaxInt32
+	if !(s < ceiling) { // NaN and +Inf included
+		return ceiling
+	}
+	return max(1, int(math.Ceil(s)))
 }
 
 // forgetIdle drops buckets that are full again every interval until ctx ends: a full bucket is
@@ -125,7 +208,10 @@ func (l *limiter) forgetIdle(ctx context.Context, interval time.Duration) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			l.dropFull(time.Now())
+			l.mu.Lock()
+			now := l.now()
+			l.mu.Unlock()
+			l.dropFull(now)
 		}
 	}
 }

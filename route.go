@@ -3,13 +3,13 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/awardee/awardee/engine"
+	json "github.com/go-json-experiment/json"
 	"github.com/oklog/ulid/v2"
 	"github.com/valyala/fasthttp"
 	"github.com/zeebo/blake3"
@@ -135,7 +135,12 @@ func (s *server) finish(c *call, okStatus int, h handler) {
 		writeJSON(c.ctx, okStatus, c.idem.Stored) // the very bytes a replay will return
 		return
 	}
+	if page, ok := result.(selfWriting); ok && err == nil {
+		page.writeResponse(c.ctx, okStatus) // a list page, encoded under its bound (shed.go)
+		return
+	}
 	if err == nil {
+		// json/v2, as the engine encodes what it stores: a reply then has the same bytes keyed or not.
 		body, mErr := json.Marshal(result)
 		if mErr != nil {
 			s.writeError(c.ctx, mErr)

@@ -8,11 +8,13 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"path/filepath"
 	"runtime/debug"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/awardee/awardee/blobs"
 	"github.com/awardee/awardee/engine"
 	"github.com/awardee/awardee/hooks"
 	"github.com/fasthttp/router"
@@ -22,6 +24,27 @@ import (
 // maxBodySize is the contract's request body limit; fasthttp refuses larger bodies while reading,
 // before any handler (and so before auth) runs.
 const maxBodySize = 1 << 20
+
+// Transport limits of the contract (section 3).
+const (
+	maxRequestLine = 8 << 10  // a longer request line is 414
+	maxHeaderBytes = 16 << 10 // longer header fields are 431
+	// headerTimeout is how long a new connection has to send its headers: a client that holds
+	// a connection without asking anything costs a descriptor, so it must not keep it long.
+	headerTimeout = 10 * time.Second
+	// bodyTimeout is how long a request's body may take once its headers are in.
+	bodyTimeout = 30 * time.Second
+	// readBufferSize holds a request head at both limits (plus its line ends), so every head
+	// within them parses and the handler can tell which limit a larger one broke.
+	readBufferSize = maxRequestLine + maxHeaderBytes + 4
+)
+
+// Codes of the transport errors; the contract names their statuses only.
+const (
+	codeRequestTimeout  = "request_timeout"
+	codeURITooLong      = "uri_too_long"
+	codeHeadersTooLarge = "headers_too_large"
+)
 
 // server wires the engine to HTTP and owns every background goroutine it starts.
 type server struct {
@@ -34,6 +57,10 @@ type server struct {
 	inflight *inflightKeys
 	attach   attacher
 	hooks    *hooks.Service
+	blobs    *blobs.Store
+	fetcher  *blobs.Fetcher
+	conns    connStats
+	maxConns int
 
 	stopBackground context.CancelFunc
 	background     sync.WaitGroup
@@ -42,7 +69,8 @@ type server struct {
 }
 
 // newServer opens the database, creates org "default" on an empty one (printing its secrets once
-// to out) and starts the background sweepers. It does not listen yet.
+// to out) and starts the background sweepers. It does not listen: the caller binds its listener
+// first, so that a start that cannot have its address creates no org and prints no secret.
 func newServer(cfg Config, log *slog.Logger, out io.Writer) (*server, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
@@ -51,13 +79,25 @@ func newServer(cfg Config, log *slog.Logger, out io.Writer) (*server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &server{cfg: cfg, db: db, log: log, inflight: newInflightKeys(), attach: refuseAttachments{}}
+	store, err := blobs.Open(filepath.Join(cfg.Data, "blobs"), blobs.Options{})
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	publicURL := cfg.PublicURL
+	if publicURL == "" {
+		publicURL = "http://" + cfg.Addr
+	}
+	fetcher := blobs.NewFetcher(blobs.FetchOptions{AllowPrivate: cfg.AllowPrivateNetworks})
+	s := &server{cfg: cfg, db: db, log: log, inflight: newInflightKeys(), blobs: store, fetcher: fetcher,
+		attach: &fetchAttacher{fetcher: fetcher, store: store, publicURL: publicURL, log: log}}
 	if err := s.bootstrap(out); err != nil {
 		db.Close()
 		return nil, err
 	}
 	schedule, _ := parseSchedule(cfg.WebhookRetrySchedule) // validated above
-	s.hooks, err = hooks.New(hooks.Options{DB: db, DialContext: webhookDialer(), CheckURL: checkWebhookScheme,
+	dial, checkURL := webhookGuard(cfg)
+	s.hooks, err = hooks.New(hooks.Options{DB: db, DialContext: dial, CheckURL: checkURL,
 		Schedule: schedule, AttemptRetention: cfg.EventRetention, SweepEvery: cfg.SweepEvery, Log: log})
 	if err != nil {
 		db.Close()
@@ -66,23 +106,55 @@ func newServer(cfg Config, log *slog.Logger, out io.Writer) (*server, error) {
 	s.metrics = newMetrics(db)
 	s.metrics.registry.MustRegister(s.hooks.Collectors()...)
 	s.limits = newLimiter(db)
+	s.maxConns = connectionCap(cfg.MaxConns, descriptorLimit())
+	if cfg.MaxConns > s.maxConns {
+		log.Warn("--max-conns lowered to what the file-descriptor limit allows", "asked", cfg.MaxConns, "max_conns", s.maxConns)
+	}
+	s.metrics.watchConnections(&s.conns)
 	s.http = &fasthttp.Server{
 		Handler:            s.routes(),
 		Name:               "awardee",
 		MaxRequestBodySize: maxBodySize,
-		ReadTimeout:        30 * time.Second,
-		WriteTimeout:       30 * time.Second,
-		IdleTimeout:        2 * time.Minute,
-		ErrorHandler:       s.transportError,
-		Logger:             fasthttpLogger{log},
+		ReadBufferSize:     readBufferSize,
+		// The listener is the connection cap; fasthttp's own must never be the one that bites,
+		// as it would answer 503 where the listener makes the connection wait.
+		Concurrency: max(fasthttp.DefaultConcurrency, 2*s.maxConns),
+		// On a new connection fasthttp arms ReadTimeout when it is accepted and keeps it until
+		// the headers are in: that is the header timeout. HeaderReceived then gives the body its
+		// own deadline.
+		ReadTimeout: headerTimeout,
+		HeaderReceived: func(*fasthttp.RequestHeader) fasthttp.RequestConfig {
+			return fasthttp.RequestConfig{ReadTimeout: bodyTimeout}
+		},
+		WriteTimeout: 30 * time.Second,
+		IdleTimeout:  2 * time.Minute,
+		ErrorHandler: s.transportError,
+		Logger:       fasthttpLogger{log},
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s.stopBackground = cancel
-	s.background.Add(3)
+	s.background.Add(4)
 	go func() {
 		defer s.background.Done()
 		if err := s.hooks.Run(ctx); err != nil {
 			log.Error("webhook workers stopped", "err", err)
+		}
+	}()
+	go func() {
+		defer s.background.Done()
+		ticker := time.NewTicker(cfg.SweepEvery)
+		defer ticker.Stop()
+		for {
+			if n, err := s.sweepOrphanBlobs(ctx); err != nil && ctx.Err() == nil {
+				log.Error("sweep failed", "what", "orphan blobs", "err", err)
+			} else if n > 0 {
+				log.Info("deleted orphan blobs", "count", n)
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-ticker.C:
+			}
 		}
 	}()
 	go func() {
@@ -116,52 +188,87 @@ func (s *server) bootstrap(out io.Writer) error {
 	return nil
 }
 
-// ListenAndServe listens on cfg.Addr and serves until Close.
-func (s *server) ListenAndServe() error {
-	ln, err := net.Listen("tcp", s.cfg.Addr)
-	if err != nil {
-		s.Close(context.Background())
-		return err
-	}
-	s.log.Info("listening", "addr", ln.Addr().String(), "data", s.cfg.Data)
-	return s.Serve(ln)
-}
-
-// Serve serves on ln until Close.
+// Serve serves on ln until Close, holding at most s.maxConns connections (see limitListener).
 func (s *server) Serve(ln net.Listener) error {
-	err := s.http.Serve(lingeringListener{ln})
+	s.log.Info("listening", "addr", ln.Addr().String(), "data", s.cfg.Data,
+		"max_conns", s.maxConns, "max_conns_per_ip", s.cfg.MaxConnsPerIP)
+	err := s.http.Serve(newLimitListener(ln, s.maxConns, s.cfg.MaxConnsPerIP, &s.conns, s.log))
 	if errors.Is(err, net.ErrClosed) {
 		return nil
 	}
 	return err
 }
 
+// errDrainTimedOut is joined to Close's error when in-flight requests were still running when
+// its context ended: they were cut off, and the stop was not clean.
+var errDrainTimedOut = errors.New("the drain timed out; requests still in flight were cut off")
+
 // Close stops in the reverse order of start: stop accepting and drain in-flight requests (until
 // ctx ends), stop the background loops, drain the commit loop and close the database.
 func (s *server) Close(ctx context.Context) error {
 	s.closeOnce.Do(func() {
-		if err := s.http.ShutdownWithContext(ctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		var drainErr error
+		if err := s.http.ShutdownWithContext(ctx); errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+			drainErr = errDrainTimedOut
+		} else if err != nil {
 			s.log.Warn("http shutdown", "err", err)
 		}
 		s.stopBackground()
 		s.background.Wait()
-		s.closeErr = s.db.Close()
+		s.fetcher.Close()
+		s.closeErr = errors.Join(drainErr, s.db.Close())
 	})
 	return s.closeErr
 }
 
 // transportError answers what fasthttp refuses before routing, in the contract's envelope.
 func (s *server) transportError(ctx *fasthttp.RequestCtx, err error) {
-	code, msg := engine.CodeValidation, "the request could not be read"
-	if errors.Is(err, fasthttp.ErrBodyTooLarge) {
-		code, msg = engine.CodePayloadTooLarge, "request bodies are limited to 1 MiB"
+	start := time.Now()
+	var small *fasthttp.ErrSmallBuffer
+	var netErr net.Error
+	var refusal *engine.Error
+	switch {
+	case errors.Is(err, fasthttp.ErrBodyTooLarge):
+		refusal = engine.Errorf(engine.CodePayloadTooLarge, "request bodies are limited to 1 MiB")
+	case errors.As(err, &small):
+		// The head did not fit the read buffer, which holds one at both limits: it broke one.
+		refusal = headTooLarge(requestLineOver(ctx.Conn(), maxRequestLine))
+	case errors.Is(err, fasthttp.ErrTimeout) || errors.As(err, &netErr) && netErr.Timeout():
+		refusal = engine.Errorf(codeRequestTimeout, "the request did not arrive in time: headers are due 10 s after connecting, a body 30 s after its headers")
+	default:
+		refusal = engine.Errorf(engine.CodeValidation, "the request could not be read")
 	}
-	s.writeError(ctx, engine.Errorf(code, "%s", msg))
-	s.metrics.observe("unmatched", ctx, time.Now())
-	// fasthttp closes the connection after this answer without reading the body it refused;
-	// closing with unread data makes the kernel reset the connection, and the client may lose
-	// the 413 before reading it.
+	// The path of a refused request may be unknown (its head was not parsed), and a browser
+	// must be able to read the refusal of a widget call: transport errors always carry CORS,
+	// which is harmless on the team's endpoints as no endpoint uses cookies.
+	setCORS(ctx)
+	s.writeError(ctx, refusal)
+	s.metrics.observe("unmatched", ctx, start)
+	// fasthttp closes the connection after this answer without reading what it refused; closing
+	// with unread data makes the kernel reset the connection, and the client may lose the
+	// answer before reading it.
 	lingerOnClose(ctx.Conn())
+}
+
+func headTooLarge(lineOver bool) *engine.Error {
+	if lineOver {
+		return engine.Errorf(codeURITooLong, "the request line is limited to 8 KiB")
+	}
+	return engine.Errorf(codeHeadersTooLarge, "request headers are limited to 16 KiB")
+}
+
+// checkHead refuses a head that fits the read buffer but breaks a limit: the buffer holds both
+// limits at once, so one may be over while the whole still fits.
+func (s *server) checkHead(ctx *fasthttp.RequestCtx) bool {
+	h := &ctx.Request.Header
+	line := len(h.Method()) + 1 + len(h.RequestURI()) + 1 + len(h.Protocol())
+	if line <= maxRequestLine && len(h.RawHeaders()) <= maxHeaderBytes {
+		return true
+	}
+	start := time.Now()
+	s.writeError(ctx, headTooLarge(line > maxRequestLine))
+	s.metrics.observe("unmatched", ctx, start)
+	return false
 }
 
 type fasthttpLogger struct{ log *slog.Logger }
@@ -179,6 +286,7 @@ func (s *server) routes() fasthttp.RequestHandler {
 	r.SaveMatchedRoutePath = false
 
 	preflighted := map[string]bool{}
+	pages := newPageGate(listsInFlight, listWait) // list routes: bounded pages in flight
 	api := func(method, path string, need engine.KeyKind, okStatus int, h handler) {
 		r.Handle(method, path, s.route(path, need, okStatus, h))
 		// Browsers call the visitor side from other origins: each of its paths answers CORS
@@ -189,13 +297,16 @@ func (s *server) routes() fasthttp.RequestHandler {
 		}
 	}
 	api("POST", "/conversations", engine.KeyAPI, 201, s.createConversation)
-	api("GET", "/conversations", engine.KeyAPI, 200, s.listConversations)
+	api("GET", "/conversations", engine.KeyAPI, 200, pages.bound(s.listConversations))
 	api("GET", "/conversations/{id}", engine.KeyAPI, 200, s.getConversation)
 	api("PATCH", "/conversations/{id}", engine.KeyAPI, 200, s.patchConversation)
 	api("POST", "/conversations/{id}/messages", engine.KeyAPI, 201, s.postAgentMessage)
-	api("GET", "/conversations/{id}/messages", engine.KeyAPI, 200, s.listMessages)
+	api("GET", "/conversations/{id}/messages", engine.KeyAPI, 200, pages.bound(s.listMessages))
 	api("POST", "/conversations/{id}/bot-messages", engine.KeyAPI, 201, s.postBotMessage)
-	api("GET", "/events", engine.KeyAPI, 200, s.listEvents)
+	api("GET", "/events", engine.KeyAPI, 200, pages.bound(s.listEvents))
+	api("GET", "/assets", engine.KeyAPI, 200, pages.bound(s.listAssets))
+	api("GET", "/usage", engine.KeyAPI, 200, s.usage)
+	r.GET("/files/{org}/{file}", s.serveFile)
 	api("POST", "/webhooks", engine.KeyAPI, 201, s.createWebhook)
 	api("GET", "/webhooks", engine.KeyAPI, 200, s.listWebhooks)
 	api("DELETE", "/webhooks/{id}", engine.KeyAPI, 200, s.deleteWebhook)
@@ -204,12 +315,12 @@ func (s *server) routes() fasthttp.RequestHandler {
 
 	api("POST", "/widget/conversations", engine.KeyWidget, 201, s.widgetCreateConversation)
 	api("GET", "/widget/conversations/{id}", engine.KeyVisitor, 200, s.getConversation)
-	api("GET", "/widget/conversations/{id}/messages", engine.KeyVisitor, 200, s.listMessages)
+	api("GET", "/widget/conversations/{id}/messages", engine.KeyVisitor, 200, pages.bound(s.listMessages))
 	api("POST", "/widget/conversations/{id}/messages", engine.KeyVisitor, 201, s.postVisitorMessage)
 	api("POST", "/widget/conversations/{id}/request-agent", engine.KeyVisitor, 200, s.requestAgent)
 
 	r.GET("/healthz", s.healthz)
-	r.GET("/metrics", s.metrics.handler())
+	r.GET("/metrics", s.metricsHandler())
 
 	r.NotFound = func(ctx *fasthttp.RequestCtx) {
 		start := time.Now()
@@ -219,7 +330,7 @@ func (s *server) routes() fasthttp.RequestHandler {
 	r.MethodNotAllowed = func(ctx *fasthttp.RequestCtx) {
 		start := time.Now()
 		// The router lists OPTIONS on every path; only the widget's paths answer it.
-		if !bytes.HasPrefix(ctx.Path(), []byte("/widget/")) {
+		if !isWidgetPath(ctx.Path()) {
 			ctx.Response.Header.Set("Allow", withoutOptions(string(ctx.Response.Header.Peek("Allow"))))
 		}
 		s.writeError(ctx, engine.Errorf(engine.CodeMethodNotAllowed, "%s is not allowed on %s", ctx.Method(), ctx.Path()))
@@ -228,7 +339,21 @@ func (s *server) routes() fasthttp.RequestHandler {
 	r.PanicHandler = func(ctx *fasthttp.RequestCtx, v any) {
 		s.writeError(ctx, fmt.Errorf("handler panicked: %v\n%s", v, debug.Stack()))
 	}
-	return r.Handler
+	return func(ctx *fasthttp.RequestCtx) {
+		requestStarted(ctx.Conn())
+		// Set before routing, so that every widget answer carries them: the router's own 404
+		// and 405 included.
+		if isWidgetPath(ctx.Path()) {
+			setCORS(ctx)
+		}
+		if s.checkHead(ctx) {
+			r.Handler(ctx)
+		}
+	}
+}
+
+func isWidgetPath(p []byte) bool {
+	return bytes.HasPrefix(p, []byte("/widget/")) || bytes.Equal(p, []byte("/widget"))
 }
 
 func withoutOptions(allow string) string {

@@ -3,11 +3,10 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net"
-	"net/url"
-	"strings"
-	"time"
 
+	"github.com/awardee/awardee/blobs"
 	"github.com/awardee/awardee/engine"
 	"github.com/awardee/awardee/hooks"
 )
@@ -53,22 +52,18 @@ func (s *server) retryDelivery(c *call) (any, error) {
 	return s.hooks.Retry(c.engineCtx, c.orgID(), c.param("id"), c.param("delivery_id"))
 }
 
-// checkWebhookScheme is the registration check until the shared address rules of section 9
-// are wired in: only absolute http and https URLs are taken.
-func checkWebhookScheme(_ context.Context, raw string) error {
-	u, err := url.Parse(raw)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return engine.Errorf(engine.CodeInvalidPayload, "url must be an absolute http or https URL").
-			WithDetails(map[string]any{"field": "url", "reason": "scheme"})
+// webhookGuard is the address rules of section 9, shared with attachment fetches: a URL is
+// checked at registration, and every connection to a receiver again at connect time, after DNS.
+func webhookGuard(cfg Config) (dial func(ctx context.Context, network, addr string) (net.Conn, error), check func(ctx context.Context, rawURL string) error) {
+	guard := blobs.Guard{AllowPrivate: cfg.AllowPrivateNetworks}
+	check = func(ctx context.Context, rawURL string) error {
+		err := guard.CheckURL(ctx, rawURL)
+		var refusal *blobs.Error
+		if err == nil || !errors.As(err, &refusal) {
+			return err
+		}
+		return engine.Errorf(engine.CodeInvalidPayload, "url: %s", refusal.Message).
+			WithDetails(map[string]any{"field": "url", "reason": string(refusal.Reason)}).WithCause(refusal.Cause)
 	}
-	if strings.ContainsAny(u.Host, " \t") {
-		return engine.Errorf(engine.CodeInvalidPayload, "url has an invalid host").
-			WithDetails(map[string]any{"field": "url", "reason": "unsafe_host"})
-	}
-	return nil
-}
-
-// webhookDialer opens receivers' connections; the connect-time address rules plug in here.
-func webhookDialer() func(ctx context.Context, network, addr string) (net.Conn, error) {
-	return (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext
+	return guard.Dialer().DialContext, check
 }

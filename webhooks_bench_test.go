@@ -34,7 +34,7 @@ func BenchmarkPostMessageHTTP3Webhooks(b *testing.B) {
 // are committed while the receiver holds the first request, then the clock runs from its
 // release until the last event is received.
 func BenchmarkWebhookDelivery(b *testing.B) {
-	ts := newTestServer(b)
+	ts := newTestServer(b, allowPrivate)
 	org := ts.newOrg(b, 0, 0)
 	var received atomic.Int64
 	gate := make(chan struct{})

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/awardee/awardee/internal/testkit"
 )
 
 var apiKeyLine = regexp.MustCompile(`API key:\s+(ak_\S+)`)
@@ -20,6 +22,7 @@ var apiKeyLine = regexp.MustCompile(`API key:\s+(ak_\S+)`)
 // reaches the receiver with a 2xx.
 func TestKillNineLosesNoWebhookDelivery(t *testing.T) {
 	t.Setenv("AWARDEE_WEBHOOK_RETRY_SCHEDULE", "100ms,100ms,100ms,100ms")
+	t.Setenv("AWARDEE_ALLOW_PRIVATE_NETWORKS", "true") // the receiver is on 127.0.0.1
 	dir := t.TempDir()
 	p := startProcess(t, dir)
 	m := apiKeyLine.FindStringSubmatch(p.stdout.String())
@@ -83,7 +86,7 @@ func TestKillNineLosesNoWebhookDelivery(t *testing.T) {
 	for i := range posts {
 		call(p.URL, "POST", "/conversations/"+conv+"/messages", map[string]any{"text": fmt.Sprintf("m%d", i)})
 	}
-	waitFor(t, 20*time.Second, "three refusals and one hanging request", func() bool {
+	testkit.WaitFor(t, "three refusals and one hanging request", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return requests >= 4
@@ -105,7 +108,7 @@ func TestKillNineLosesNoWebhookDelivery(t *testing.T) {
 	if len(events) != posts {
 		t.Fatalf("%d events in the log, want %d", len(events), posts)
 	}
-	waitFor(t, 20*time.Second, "every event delivered after the restart", func() bool {
+	testkit.WaitFor(t, "every event delivered after the restart", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		for _, ev := range events {

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/awardee/awardee/engine"
+	"github.com/awardee/awardee/internal/testkit"
 	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
 )
 
@@ -126,7 +127,7 @@ func (r *receiver) deliveries() []received {
 // waitDeliveries waits until the receiver has seen at least n requests and returns them all.
 func (r *receiver) waitDeliveries(t testing.TB, n int) []received {
 	t.Helper()
-	waitFor(t, 20*time.Second, fmt.Sprintf("%d webhook deliveries", n), func() bool { return len(r.deliveries()) >= n })
+	testkit.WaitFor(t, fmt.Sprintf("%d webhook deliveries", n), func() bool { return len(r.deliveries()) >= n })
 	return r.deliveries()
 }
 
@@ -149,8 +150,11 @@ func (ts *testServer) registerWebhook(t testing.TB, apiKey string, r *receiver, 
 
 func fastRetries(c *Config) { c.WebhookRetrySchedule = "50ms,50ms,50ms" }
 
+// allowPrivate lets the server reach the receivers, which listen on 127.0.0.1.
+func allowPrivate(c *Config) { c.AllowPrivateNetworks = true }
+
 func TestWebhookTakeoverSignedAndInOrder(t *testing.T) {
-	ts := newTestServer(t, fastRetries)
+	ts := newTestServer(t, allowPrivate, fastRetries)
 	org := ts.newOrg(t, 0, 0)
 	rcv := newReceiver(t)
 	ep := ts.registerWebhook(t, org.APIKey, rcv)
@@ -208,7 +212,7 @@ func TestWebhookTakeoverSignedAndInOrder(t *testing.T) {
 }
 
 func TestWebhookRetriesKeepTheIDAndListAttempts(t *testing.T) {
-	ts := newTestServer(t, fastRetries)
+	ts := newTestServer(t, allowPrivate, fastRetries)
 	org := ts.newOrg(t, 0, 0)
 	rcv := newReceiver(t)
 	rcv.fail = func(n int) bool { return n <= 2 }
@@ -234,7 +238,7 @@ func TestWebhookRetriesKeepTheIDAndListAttempts(t *testing.T) {
 			} `json:"attempts"`
 		} `json:"data"`
 	}
-	waitFor(t, 10*time.Second, "the delivery to be settled", func() bool {
+	testkit.WaitFor(t, "the delivery to be settled", func() bool {
 		json.Unmarshal(mustStatus(t, ts.do(t, "GET", path, org.APIKey, nil), 200).Body, &page)
 		return len(page.Data) == 1 && page.Data[0].Status == "succeeded"
 	})
@@ -251,7 +255,7 @@ func TestWebhookRetriesKeepTheIDAndListAttempts(t *testing.T) {
 }
 
 func TestWebhookFailedScheduleThenManualRetry(t *testing.T) {
-	ts := newTestServer(t, func(c *Config) { c.WebhookRetrySchedule = "20ms,20ms" })
+	ts := newTestServer(t, allowPrivate, func(c *Config) { c.WebhookRetrySchedule = "20ms,20ms" })
 	org := ts.newOrg(t, 0, 0)
 	rcv := newReceiver(t)
 	var mu sync.Mutex
@@ -265,7 +269,7 @@ func TestWebhookFailedScheduleThenManualRetry(t *testing.T) {
 	var endpoints struct {
 		Data []struct{ Status string } `json:"data"`
 	}
-	waitFor(t, 10*time.Second, "the endpoint to be failing", func() bool {
+	testkit.WaitFor(t, "the endpoint to be failing", func() bool {
 		json.Unmarshal(ts.do(t, "GET", "/webhooks", org.APIKey, nil).Body, &endpoints)
 		return len(endpoints.Data) == 1 && endpoints.Data[0].Status == "failing"
 	})
@@ -294,13 +298,13 @@ func TestWebhookFailedScheduleThenManualRetry(t *testing.T) {
 		t.Fatalf("a successful retry leaves the endpoint %s", endpoints.Data[0].Status)
 	}
 	again := ts.do(t, "POST", "/webhooks/"+id+"/deliveries/"+page.Data[0].ID+"/retry", org.APIKey, nil)
-	if again.Status != 400 || again.ErrorCode() != engine.CodeInvalidState {
+	if again.Status != 400 || again.ErrorCode(t) != engine.CodeInvalidState {
 		t.Fatalf("retry of a succeeded delivery: %d %s", again.Status, again.Body)
 	}
 }
 
 func TestWebhookFilterAndDelete(t *testing.T) {
-	ts := newTestServer(t, fastRetries)
+	ts := newTestServer(t, allowPrivate, fastRetries)
 	org := ts.newOrg(t, 0, 0)
 	updates, all := newReceiver(t), newReceiver(t)
 	ts.registerWebhook(t, org.APIKey, updates, engine.EventConversationUpdated)
@@ -329,7 +333,7 @@ func TestWebhookFilterAndDelete(t *testing.T) {
 	}
 	// The filtered endpoint has handled every event (its cursor is at the end) before we look
 	// at the deleted one, which the same events would have reached by now.
-	waitFor(t, 10*time.Second, "the filtered endpoint to pass the last event", func() bool {
+	testkit.WaitFor(t, "the filtered endpoint to pass the last event", func() bool {
 		return ts.hooks.KeepFrom(org.OrgID) > ts.events(t, org.APIKey)[len(ts.events(t, org.APIKey))-1].Offset
 	})
 	if n := len(all.deliveries()); n != len(events) {
@@ -341,7 +345,7 @@ func TestWebhookFilterAndDelete(t *testing.T) {
 }
 
 func TestWebhookHangingReceiverDoesNotDelayAnother(t *testing.T) {
-	ts := newTestServer(t, fastRetries)
+	ts := newTestServer(t, allowPrivate, fastRetries)
 	org := ts.newOrg(t, 0, 0)
 	hanging, healthy := newReceiver(t), newReceiver(t)
 	hanging.hold = make(chan struct{})
@@ -361,11 +365,11 @@ func TestWebhookHangingReceiverDoesNotDelayAnother(t *testing.T) {
 	}
 	// The hanging endpoint still owes the first event: its age is the worst over endpoints.
 	var age float64
-	waitFor(t, 10*time.Second, "the oldest owed event's age to show", func() bool {
-		age = metricValue(t, ts, "awardee_webhook_oldest_owed_age_seconds")
+	testkit.WaitFor(t, "the oldest owed event's age to show", func() bool {
+		age = metricValue(t, ts.hc, ts.URL, "awardee_webhook_oldest_owed_age_seconds")
 		return age > 0
 	})
-	if s := metricValue(t, ts, `awardee_webhook_deliveries_total{outcome="succeeded"}`); s < 5 {
+	if s := metricValue(t, ts.hc, ts.URL, `awardee_webhook_deliveries_total{outcome="succeeded"}`); s < 5 {
 		t.Fatalf("%v succeeded deliveries counted, want at least 5", s)
 	}
 	if body := string(ts.do(t, "GET", "/metrics", "", nil).Body); strings.Contains(body, org.OrgID) || strings.Contains(body, "wh_") {
@@ -373,22 +377,8 @@ func TestWebhookHangingReceiverDoesNotDelayAnother(t *testing.T) {
 	}
 }
 
-// metricValue is the value of one series of /metrics (name with its labels as printed), 0 when
-// it is absent.
-func metricValue(t testing.TB, ts *testServer, series string) float64 {
-	t.Helper()
-	for _, line := range strings.Split(string(ts.do(t, "GET", "/metrics", "", nil).Body), "\n") {
-		if v, ok := strings.CutPrefix(line, series+" "); ok {
-			var f float64
-			fmt.Sscan(v, &f)
-			return f
-		}
-	}
-	return 0
-}
-
 func TestWebhookRegistrationRefusesBadInput(t *testing.T) {
-	ts := newTestServer(t)
+	ts := newTestServer(t, allowPrivate)
 	org := ts.newOrg(t, 0, 0)
 	for _, c := range []struct {
 		body   any
@@ -440,7 +430,7 @@ func TestEventRetentionShorterThanScheduleRefused(t *testing.T) {
 // test: an event parked for a retry (with those after it) and the events behind a hanging
 // receiver's cursor stay in the log while events nobody owes are pruned.
 func TestPrunerKeepsOwedEvents(t *testing.T) {
-	ts := newTestServer(t, func(c *Config) {
+	ts := newTestServer(t, allowPrivate, func(c *Config) {
 		c.WebhookRetrySchedule = "1s"
 		c.EventRetention = 1500 * time.Millisecond
 		c.SweepEvery = 20 * time.Millisecond
@@ -473,7 +463,7 @@ func TestPrunerKeepsOwedEvents(t *testing.T) {
 		}
 		return out
 	}
-	waitFor(t, 10*time.Second, "the events nobody owes to be pruned", func() bool {
+	testkit.WaitFor(t, "the events nobody owes to be pruned", func() bool {
 		return len(offsets(none.APIKey)) == 0
 	})
 	// The pruner stops at the oldest owed event: a log is kept as one contiguous range.
@@ -486,7 +476,7 @@ func TestPrunerKeepsOwedEvents(t *testing.T) {
 }
 
 func TestWebhookCreateIsIdempotentAndUncached(t *testing.T) {
-	ts := newTestServer(t)
+	ts := newTestServer(t, allowPrivate)
 	org := ts.newOrg(t, 0, 0)
 	body := map[string]any{"url": "http://127.0.0.1:1/hook"}
 	first := mustStatus(t, ts.do(t, "POST", "/webhooks", org.APIKey, body, "Idempotency-Key", "hook-1"), 201)
@@ -504,7 +494,7 @@ func TestWebhookCreateIsIdempotentAndUncached(t *testing.T) {
 }
 
 func TestWebhookDeliveriesPage(t *testing.T) {
-	ts := newTestServer(t)
+	ts := newTestServer(t, allowPrivate)
 	org := ts.newOrg(t, 0, 0)
 	rcv := newReceiver(t)
 	ep := ts.registerWebhook(t, org.APIKey, rcv)
@@ -515,7 +505,7 @@ func TestWebhookDeliveriesPage(t *testing.T) {
 	rcv.waitDeliveries(t, 3)
 	path := "/webhooks/" + ep["id"].(string) + "/deliveries?limit=2"
 	var offsets []float64
-	waitFor(t, 10*time.Second, "three deliveries listed", func() bool {
+	testkit.WaitFor(t, "three deliveries listed", func() bool {
 		offsets = nil
 		cursor := ""
 		for range 3 {
@@ -543,5 +533,28 @@ func TestWebhookDeliveriesPage(t *testing.T) {
 	other := ts.newOrg(t, 0, 0)
 	if r := ts.do(t, "GET", path, other.APIKey, nil); r.Status != 404 {
 		t.Fatalf("another org's endpoint: %d", r.Status)
+	}
+}
+
+func TestWebhookPrivateURLRefusedWithoutTheFlag(t *testing.T) {
+	ts := newTestServer(t)
+	org := ts.newOrg(t, 0, 0)
+	rcv := newReceiver(t)
+	for _, url := range []string{rcv.srv.URL, "http://localhost:8080/hook", "http://10.1.2.3/hook", "http://[::1]/hook", "http://2130706433/hook"} {
+		r := ts.do(t, "POST", "/webhooks", org.APIKey, map[string]any{"url": url})
+		var env struct {
+			Error struct {
+				Code    string         `json:"code"`
+				Details map[string]any `json:"details"`
+			} `json:"error"`
+		}
+		json.Unmarshal(r.Body, &env)
+		if r.Status != 422 || env.Error.Code != engine.CodeInvalidPayload || env.Error.Details["reason"] != "unsafe_host" {
+			t.Errorf("%s: %d %s, want 422 invalid_payload with reason unsafe_host", url, r.Status, r.Body)
+		}
+	}
+	list := ts.do(t, "GET", "/webhooks", org.APIKey, nil).JSON(t)
+	if n := len(list["data"].([]any)); n != 0 {
+		t.Fatalf("refused URLs left %d endpoints", n)
 	}
 }

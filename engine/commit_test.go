@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/awardee/awardee/internal/testkit"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -53,34 +54,15 @@ func testKeys(tb testing.TB, db *DB) map[string]bool {
 	return keys
 }
 
-// holdCommitLoop submits a unit that blocks inside its transaction. While it blocks, every unit
-// submitted afterwards waits in the queue, and the loop then takes them all into one batch: the
-// only way to build a batch of known content without reaching into the loop. release lets the
-// holding unit commit and waits for its answer.
+// holdCommitLoop parks db's commit loop inside a unit until release (see testkit.HoldCommitLoop).
 func holdCommitLoop(tb testing.TB, db *DB) (release func()) {
 	tb.Helper()
-	entered := make(chan struct{})
-	unblock := make(chan struct{})
-	done := make(chan error, 1)
-	var enterOnce, unblockOnce sync.Once
-	// A test that fails while holding the loop must still let go, or closing the database in
-	// its cleanup would wait for the held unit forever.
-	tb.Cleanup(func() { unblockOnce.Do(func() { close(unblock) }) })
-	go func() {
-		done <- db.Update(context.Background(), func(tx *Tx) error {
-			enterOnce.Do(func() { close(entered) })
-			<-unblock
+	return testkit.HoldCommitLoop(tb, func(block func()) error {
+		return db.Update(context.Background(), func(*Tx) error {
+			block()
 			return nil
 		})
-	}()
-	recv(tb, "the holding unit to enter its transaction", entered)
-	return func() {
-		tb.Helper()
-		unblockOnce.Do(func() { close(unblock) })
-		if err := recv(tb, "the holding unit's answer", done); err != nil {
-			tb.Fatalf("holding unit: %v", err)
-		}
-	}
+	})
 }
 
 // submitInOrder starts one Update per unit and waits until each sits in the commit queue before
@@ -105,7 +87,7 @@ func submitCalls(tb testing.TB, db *DB, calls []func() error) []chan error {
 		ch := make(chan error, 1)
 		results[i] = ch
 		go func() { ch <- call() }()
-		waitFor(tb, fmt.Sprintf("unit %d to be queued", i), func() bool { return db.Queued() == base+i+1 })
+		testkit.WaitFor(tb, fmt.Sprintf("unit %d to be queued", i), func() bool { return db.Queued() == base+i+1 })
 	}
 	return results
 }
@@ -134,7 +116,7 @@ func TestUpdateManyConcurrentUnits(t *testing.T) {
 		})
 	}
 	close(gate)
-	waitAll(t, "all writers", &wg)
+	testkit.WaitAll(t, "all writers", &wg)
 
 	keys := testKeys(t, db)
 	if len(keys) != writers*perWriter {
@@ -226,7 +208,7 @@ func TestUpdateFailingUnitSparesBatch(t *testing.T) {
 				release()
 
 				for i, ch := range results {
-					err := recv(t, fmt.Sprintf("unit %d's answer", i), ch)
+					err := testkit.Recv(t, fmt.Sprintf("unit %d's answer", i), ch)
 					if i == pos {
 						k.check(t, err)
 					} else if err != nil {
@@ -343,7 +325,7 @@ func TestSubscribePublishesCommittedEventsInOrder(t *testing.T) {
 	results := submitInOrder(t, db, units)
 	release()
 	for i, ch := range results {
-		err := recv(t, "a batch unit's answer", ch)
+		err := testkit.Recv(t, "a batch unit's answer", ch)
 		bad := strings.HasPrefix(labels[i], "bad-")
 		switch {
 		case bad && !errors.Is(err, errBad):
@@ -390,7 +372,7 @@ func TestSubscribePublishesCommittedEventsInOrder(t *testing.T) {
 		})
 	}
 	close(gate)
-	waitAll(t, "all writers", &wg)
+	testkit.WaitAll(t, "all writers", &wg)
 
 	published := sink.snapshot()
 	want := 2 * int(goodUnits.Load())
@@ -464,7 +446,7 @@ func TestCloseAnswersQueuedUnits(t *testing.T) {
 
 	closed := make(chan error, 1)
 	go func() { closed <- db.Close() }()
-	waitFor(t, "Close to stop taking units", func() bool {
+	testkit.WaitFor(t, "Close to stop taking units", func() bool {
 		db.commits.mu.Lock()
 		defer db.commits.mu.Unlock()
 		return db.commits.closed
@@ -472,7 +454,7 @@ func TestCloseAnswersQueuedUnits(t *testing.T) {
 	// The loop is still held, so an Update that waited here would hang: it must be refused.
 	late := make(chan error, 1)
 	go func() { late <- db.Update(context.Background(), putUnit([]byte("late"))) }()
-	wantCode(t, recv(t, "the late unit's answer", late), CodeUnavailable)
+	wantCode(t, testkit.Recv(t, "the late unit's answer", late), CodeUnavailable)
 	select {
 	case err := <-closed:
 		t.Fatalf("Close returned (%v) while units were still queued", err)
@@ -480,14 +462,14 @@ func TestCloseAnswersQueuedUnits(t *testing.T) {
 	}
 
 	release()
-	if err := recv(t, "Close to return", closed); err != nil {
+	if err := testkit.Recv(t, "Close to return", closed); err != nil {
 		t.Fatalf("close: %v", err)
 	}
 	if n := ran.Load(); n != queued {
 		t.Errorf("%d of %d queued units had run when Close returned", n, queued)
 	}
 	for i, ch := range results {
-		if err := recv(t, "a queued unit's answer", ch); err != nil {
+		if err := testkit.Recv(t, "a queued unit's answer", ch); err != nil {
 			t.Errorf("queued unit %d: %v", i, err)
 		}
 	}

@@ -209,7 +209,8 @@ func sameString(a, b *string) bool {
 }
 
 // ListConversations returns orgID's conversations, newest activity first, optionally of one
-// status. cursor is the opaque next value of a previous page; nil starts at the newest.
+// status. cursor is the opaque next value of a previous page; nil starts at the newest. A page
+// also ends at MaxPageBytes.
 func (db *DB) ListConversations(orgID string, status Status, cursor []byte, limit int) ([]Conversation, []byte, error) {
 	if limit < 1 {
 		return nil, nil, errLimit
@@ -238,12 +239,17 @@ func (db *DB) ListConversations(orgID string, status Status, cursor []byte, limi
 				k, _ = c.Next()
 			}
 		}
+		size := 0
 		for ; k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
-			if len(out) == limit {
+			convID := string(invert(k[len(prefix)+8:]))
+			// The stored record is the conversation's JSON plus a few engine fields: at least
+			// what the page will carry.
+			stored := len(btx.Bucket(bucketConvs).Get([]byte(orgID + convID)))
+			if pageFull(len(out), limit, size, stored) {
 				next = lastKey(out, prefix)
 				return nil
 			}
-			convID := string(invert(k[len(prefix)+8:]))
+			size += stored + 1
 			rec, err := readConversation(btx, orgID, convID)
 			if err != nil {
 				return err

@@ -7,6 +7,7 @@ import (
 	"reflect"
 	"slices"
 	"testing"
+	"time"
 )
 
 func convIDs(convs []Conversation) []string {
@@ -33,12 +34,12 @@ func listIDs(t *testing.T, db *DB, orgID string, status Status) []string {
 // touches moves to the front. The clock is made to tick between steps because times carry
 // milliseconds and the order of two writes within one millisecond is not the activity order.
 func TestListConversationsNewestActivityFirst(t *testing.T) {
-	db := openTestDB(t)
+	db, clock := openClockedDB(t)
 	org := newTestOrg(t, db)
 	var a, b, c Conversation
 	for _, p := range []*Conversation{&a, &b, &c} {
 		*p = newConv(t, db, org.OrgID, StatusOpen)
-		waitNextMilli(p.LastActivityAt)
+		clock.Advance(time.Millisecond)
 	}
 	if got, want := listIDs(t, db, org.OrgID, ""), []string{c.ID, b.ID, a.ID}; !slices.Equal(got, want) {
 		t.Fatalf("after creating a, b, c: %v, want [c b a] %v", got, want)
@@ -59,7 +60,7 @@ func TestListConversationsNewestActivityFirst(t *testing.T) {
 		t.Errorf("last_activity_at = %v, want the reply's created_at %v", stored.LastActivityAt, reply.CreatedAt)
 	}
 
-	waitNextMilli(reply.CreatedAt)
+	clock.Advance(time.Millisecond)
 	patchStatus(t, db, org.OrgID, b.ID, StatusResolved)
 	if got, want := listIDs(t, db, org.OrgID, ""), []string{b.ID, a.ID, c.ID}; !slices.Equal(got, want) {
 		t.Errorf("after resolving b: %v, want [b a c] %v", got, want)

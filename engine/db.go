@@ -8,9 +8,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -36,8 +38,13 @@ import (
 //	idem      org id · idempotency key                        → IdempotencyRecord (binary, see idem.go);
 //	          keys of visitor and widget requests carry their own scope (see the HTTP layer)
 //	idem_time created_ms · org id · idempotency key            → empty: expiry order for the sweeper
+//	assets    org id · BLAKE3-256 of the bytes (32)          → Asset (JSON): the org's library
+//	blob_refs BLAKE3-256 of the bytes (32)                    → uint64: orgs whose library holds the
+//	          blob; the orphan sweeper deletes stored blobs without an entry
 //	meta      "count/" + status                               → uint64: conversations per status
+//	          "usage/" + org id                               → Usage (JSON): billed asset bytes and count
 //	          "schema"                                        → uint64: schemaVersion
+//	          "cursor_key"                                    → 32 random bytes: the MAC key of list cursors (cursor.go)
 //	probe     "probe"                                         → probeSize zero bytes: the write that
 //	          tells a full disk from one with room again (its own bucket, so no other write rewrites it)
 //
@@ -64,7 +71,9 @@ var (
 	bucketIdemTime = []byte("idem_time")
 	bucketMeta     = []byte("meta")
 	bucketProbe    = []byte("probe")
-	allBuckets     = [][]byte{bucketOrgs, bucketKeys, bucketConvs, bucketActivity, bucketMsgs, bucketEvents, bucketIdem, bucketIdemTime, bucketMeta, bucketProbe}
+	bucketAssets   = []byte("assets")
+	bucketBlobRefs = []byte("blob_refs")
+	allBuckets     = [][]byte{bucketOrgs, bucketKeys, bucketConvs, bucketActivity, bucketMsgs, bucketEvents, bucketIdem, bucketIdemTime, bucketMeta, bucketProbe, bucketAssets, bucketBlobRefs}
 )
 
 const anyStatus = 0xFF
@@ -76,7 +85,7 @@ const appendFill = 0.95
 
 // schemaVersion names the key layouts above. A database written with other layouts is refused
 // rather than misread; a change of layout bumps it and adds a migration here.
-const schemaVersion = 1
+const schemaVersion = 2
 
 var schemaKey = []byte("schema")
 
@@ -122,12 +131,45 @@ type DB struct {
 
 	authMu    sync.Mutex
 	authCache map[[32]byte]authEntry
+
+	cursorKey []byte // seals list cursors; made once per database
 }
 
 // DatabaseFile is the name of the bbolt file inside a data directory.
 const DatabaseFile = "awardee.db"
 
-// Open opens (creating when missing) the database in dir and starts its commit loop.
+// ErrDamaged marks a database file that cannot be trusted: empty, truncated, not a bbolt file,
+// or with pages that do not decode. Open refuses such a file rather than crash on it later or
+// make a fresh database in its place.
+var ErrDamaged = errors.New("the database file is damaged")
+
+// damageError names the damaged file and what is wrong with it, on one line, and says where to
+// go from there.
+type damageError struct {
+	path   string
+	reason string
+}
+
+func (e *damageError) Error() string {
+	return fmt.Sprintf("%s: %v (%s); run `awardee check --data %s` to see what is wrong, and restore the last backup into a new data directory",
+		e.path, ErrDamaged, e.reason, filepath.Dir(e.path))
+}
+
+func (e *damageError) Is(target error) bool { return target == ErrDamaged }
+
+func damaged(path, reason string) error {
+	return &damageError{path: path, reason: strings.Join(strings.Fields(reason), " ")}
+}
+
+// fullVerifyLimit is the largest file Open verifies page by page. The walk and bbolt's check
+// read every branch and leaf page (a few milliseconds for 50 MiB in the page cache, but a read
+// of much of the file from a cold disk), so a larger file gets the cheap checks only, and
+// `awardee check` verifies it in full.
+const fullVerifyLimit = 64 << 20
+
+// Open opens (creating when missing) the database in dir and starts its commit loop. A missing
+// file is created fresh; an existing file that is empty, truncated or damaged is refused with
+// ErrDamaged and left as it is.
 func Open(dir string, opts Options) (*DB, error) {
 	if opts.LockTimeout <= 0 {
 		opts.LockTimeout = time.Second
@@ -149,33 +191,111 @@ func Open(dir string, opts Options) (*DB, error) {
 		plugins[name] = true
 	}
 	path := filepath.Join(dir, DatabaseFile)
-	b, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.LockTimeout, FreelistType: bolt.FreelistMapType})
+	b, err := openBolt(path, opts.LockTimeout, true)
+	if err != nil {
+		return nil, err
+	}
+	var cursorKey []byte
+	err = recovered(func() error {
+		return b.Update(func(tx *bolt.Tx) error {
+			for _, name := range allBuckets {
+				if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+					return err
+				}
+			}
+			for name := range plugins {
+				if _, err := tx.CreateBucketIfNotExists([]byte(name)); err != nil {
+					return err
+				}
+			}
+			if err := checkSchema(tx.Bucket(bucketMeta)); err != nil {
+				return err
+			}
+			key, err := ensureCursorKey(tx.Bucket(bucketMeta))
+			cursorKey = key
+			return err
+		})
+	})
+	if err != nil {
+		b.Close()
+		if errors.As(err, new(pagePanic)) {
+			return nil, damaged(path, err.Error())
+		}
+		return nil, err
+	}
+	db := &DB{bolt: b, path: path, feed: newFeed(), clock: opts.Now, plugins: plugins, authCache: make(map[[32]byte]authEntry), cursorKey: cursorKey}
+	db.commits = startCommitter(db, opts.MaxBatch)
+	return db, nil
+}
+
+// openBolt opens the bbolt file at path. An existing file is verified first: its size, then its
+// pages, in full when verifyFully is set and the file is below fullVerifyLimit. bbolt panics on
+// pages that do not decode; those panics end here as ErrDamaged.
+func openBolt(path string, lockTimeout time.Duration, verifyFully bool) (*bolt.DB, error) {
+	info, err := os.Stat(path)
+	existed := err == nil
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	if existed {
+		if info.Size() == 0 {
+			return nil, damaged(path, "the file is empty, 0 bytes; a new database is never made in its place")
+		}
+		// bbolt writes four pages when it creates a file; no database is shorter.
+		if minSize := int64(4 * os.Getpagesize()); info.Size() < minSize {
+			return nil, damaged(path, fmt.Sprintf("the file is %d bytes, shorter than any database (%d)", info.Size(), minSize))
+		}
+	}
+	var b *bolt.DB
+	err = recovered(func() error {
+		var err error
+		b, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: lockTimeout, FreelistType: bolt.FreelistMapType, NoSync: syncDisabled})
+		return err
+	})
 	if err != nil {
 		if errors.Is(err, bolterrors.ErrTimeout) {
 			return nil, fmt.Errorf("%s: %w", path, ErrLocked)
 		}
-		return nil, err
+		var osErr *fs.PathError
+		if !existed || errors.As(err, &osErr) {
+			return nil, err // not the file's content: permissions, a full disk, a new file that failed
+		}
+		return nil, damaged(path, err.Error())
 	}
-	err = b.Update(func(tx *bolt.Tx) error {
-		for _, name := range allBuckets {
-			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
-				return err
-			}
+	if existed {
+		if err := verifyPages(b, info.Size(), verifyFully && info.Size() <= fullVerifyLimit); err != nil {
+			b.Close()
+			return nil, damaged(path, err.Error())
 		}
-		for name := range plugins {
-			if _, err := tx.CreateBucketIfNotExists([]byte(name)); err != nil {
-				return err
+	}
+	return b, nil
+}
+
+// verifyPages checks that the file holds every page its meta page counts (a truncated file does
+// not), and reads the root of every bucket; full adds a walk of every page and bbolt's own check.
+func verifyPages(b *bolt.DB, size int64, full bool) error {
+	return recovered(func() error {
+		return b.View(func(btx *bolt.Tx) error {
+			if reach := btx.Size(); reach > size {
+				return fmt.Errorf("the file is %d bytes but its pages reach %d: it was truncated", size, reach)
 			}
-		}
-		return checkSchema(tx.Bucket(bucketMeta))
+			if full {
+				if err := walkPages(btx); err != nil {
+					return err
+				}
+				for err := range btx.Check() {
+					return fmt.Errorf("bbolt check: %v", err)
+				}
+				return nil
+			}
+			return btx.ForEach(func(_ []byte, bk *bolt.Bucket) error {
+				c := bk.Cursor()
+				c.First()
+				c.Last()
+				return nil
+			})
+		})
 	})
-	if err != nil {
-		b.Close()
-		return nil, err
-	}
-	db := &DB{bolt: b, path: path, feed: newFeed(), clock: opts.Now, plugins: plugins, authCache: make(map[[32]byte]authEntry)}
-	db.commits = startCommitter(db, opts.MaxBatch)
-	return db, nil
 }
 
 // Close stops the commit loop after every queued unit is answered, then closes the file.
@@ -198,29 +318,48 @@ func (db *DB) Backup(w io.Writer) (int64, error) {
 	return n, err
 }
 
-// BackupFile writes a consistent copy to path, fsync'd, via a temporary file and a rename, so a
-// crash never leaves a truncated backup under the final name.
-func (db *DB) BackupFile(path string) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+// BackupFile writes a consistent copy to path, fsync'd, via a temporary file beside it and a
+// rename, so a crash never leaves a truncated backup under the final name, and no failure leaves
+// the temporary copy behind. path must name a file (new or to replace), not a directory.
+func (db *DB) BackupFile(path string) (err error) {
+	if info, statErr := os.Stat(path); statErr == nil && info.IsDir() {
+		return fmt.Errorf("%s is a directory; name the file to write, such as %s", path, filepath.Join(path, DatabaseFile))
+	}
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*.tmp")
 	if err != nil {
 		return err
 	}
-	if _, err := db.Backup(f); err != nil {
-		f.Close()
-		os.Remove(tmp)
+	tmp := f.Name()
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+	if _, err = db.Backup(f); err != nil {
 		return err
 	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		os.Remove(tmp)
+	if err = f.Sync(); err != nil {
 		return err
 	}
-	if err := f.Close(); err != nil {
-		os.Remove(tmp)
+	if err = f.Close(); err != nil {
 		return err
 	}
-	return os.Rename(tmp, path)
+	if err = os.Rename(tmp, path); err != nil {
+		return err
+	}
+	return syncDir(dir)
+}
+
+// syncDir makes a rename into dir durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
 
 func u64(v uint64) []byte {

@@ -4,17 +4,20 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"fmt"
 	"math"
+	"runtime/debug"
 	"strconv"
 	"time"
 
+	jsonv2 "github.com/go-json-experiment/json"
 	bolt "go.etcd.io/bbolt"
 )
 
 // appendEvent gives the event the org's next offset and stores it inside the unit, so the log's
 // order is the commit order and a rolled-back unit leaves no event and no gap.
 func (tx *Tx) appendEvent(orgID, convID, typ string, data any) error {
-	raw, err := json.Marshal(data)
+	raw, err := marshal(data)
 	if err != nil {
 		return err
 	}
@@ -24,6 +27,32 @@ func (tx *Tx) appendEvent(orgID, convID, typ string, data any) error {
 // appendEventJSON is appendEvent for data that is already JSON, which the hot path splices from
 // pieces it encoded once (the message, the conversation) instead of encoding them again.
 func (tx *Tx) appendEventJSON(orgID, convID, typ string, data []byte) error {
+	return tx.appendStoredEvent(orgID, convID, typ, data, nil)
+}
+
+// messageRef is how a stored message.created event names its message instead of copying it: the
+// message (its conversation is the event's) and the conversation as the event saw it.
+type messageRef struct {
+	seq          uint64
+	conversation []byte
+}
+
+// appendMessageEvent appends the message.created event of a message just stored under convID and
+// seq. Consumers in memory get the full data; the log stores a reference and the conversation
+// snapshot, and ListEvents renders the same bytes from the message, which never changes. A long
+// text is so stored once, not twice.
+func (tx *Tx) appendMessageEvent(orgID, convID string, seq uint64, msgJSON, convJSON []byte) error {
+	data := messageCreatedJSON(msgJSON, convJSON)
+	return tx.appendStoredEvent(orgID, convID, EventMessageCreated, data, &messageRef{seq: seq, conversation: convJSON})
+}
+
+// messageCreatedJSON is a message.created event's data, the one place its bytes are put together
+// for consumers in memory and for readers of the log alike.
+func messageCreatedJSON(msgJSON, convJSON []byte) []byte {
+	return splice(`{"message":`, msgJSON, `,"conversation":`, convJSON, `}`)
+}
+
+func (tx *Tx) appendStoredEvent(orgID, convID, typ string, data []byte, ref *messageRef) error {
 	log, err := tx.bolt.Bucket(bucketEvents).CreateBucketIfNotExists([]byte(orgID))
 	if err != nil {
 		return err
@@ -34,7 +63,7 @@ func (tx *Tx) appendEventJSON(orgID, convID, typ string, data []byte) error {
 		return err
 	}
 	ev := Event{ID: newID(PrefixEvent), Offset: offset, Type: typ, CreatedAt: tx.now, Data: data, OrgID: orgID, ConversationID: convID}
-	if err := log.Put(u64(offset), encodeStoredEvent(ev)); err != nil {
+	if err := log.Put(u64(offset), encodeStoredEvent(ev, ref)); err != nil {
 		return err
 	}
 	tx.events = append(tx.events, ev)
@@ -42,10 +71,15 @@ func (tx *Tx) appendEventJSON(orgID, convID, typ string, data []byte) error {
 }
 
 // encodeStoredEvent writes the storedEvent JSON by hand: every field but data is an ID, a number,
-// a type name or a time (nothing to escape), and data is valid JSON that encoding/json would
-// otherwise validate and compact a second time.
-func encodeStoredEvent(ev Event) []byte {
-	b := make([]byte, 0, 200+len(ev.Data))
+// a type name or a time (nothing to escape), and data is valid JSON that an encoder would
+// otherwise validate and compact a second time. With ref, the message's reference and the
+// conversation take data's place.
+func encodeStoredEvent(ev Event, ref *messageRef) []byte {
+	n := 200 + len(ev.Data)
+	if ref != nil {
+		n = 220 + len(ref.conversation)
+	}
+	b := make([]byte, 0, n)
 	b = append(b, `{"id":"`...)
 	b = append(b, ev.ID...)
 	b = append(b, `","offset":`...)
@@ -58,23 +92,58 @@ func encodeStoredEvent(ev Event) []byte {
 	b = append(b, ev.OrgID...)
 	b = append(b, `","conversation_id":"`...)
 	b = append(b, ev.ConversationID...)
+	if ref != nil {
+		b = append(b, `","message_seq":`...)
+		b = strconv.AppendUint(b, ref.seq, 10)
+		b = append(b, `,"conversation":`...)
+		b = append(b, ref.conversation...)
+		return append(b, '}')
+	}
 	b = append(b, `","data":`...)
 	b = append(b, ev.Data...)
 	return append(b, '}')
 }
 
+// decodeEvent reads a stored event's own fields. The Data of a message.created event that
+// references its message is left nil: readEvent renders it.
 func decodeEvent(v []byte) (Event, error) {
+	se, err := decodeStoredEvent(v)
+	return se.event(), err
+}
+
+func decodeStoredEvent(v []byte) (storedEvent, error) {
 	var se storedEvent
-	if err := json.Unmarshal(v, &se); err != nil {
-		return Event{}, err
+	err := jsonv2.Unmarshal(v, &se)
+	return se, err
+}
+
+func (se storedEvent) event() Event {
+	return Event{ID: se.ID, Offset: se.Offset, Type: se.Type, CreatedAt: se.CreatedAt, Data: json.RawMessage(se.Data),
+		OrgID: se.OrgID, ConversationID: se.ConversationID}
+}
+
+// readEvent decodes a stored event with its full data, rendering a message.created event's from
+// the message it references, byte for byte what consumers got in memory when it committed.
+// It also returns the message's encoding it used (nil for an event that stores its data).
+func readEvent(btx *bolt.Tx, v []byte) (Event, []byte, error) {
+	se, err := decodeStoredEvent(v)
+	if err != nil {
+		return Event{}, nil, err
 	}
-	ev := se.Event
-	ev.OrgID, ev.ConversationID = se.OrgID, se.ConversationID
-	return ev, nil
+	ev := se.event()
+	if se.MessageSeq == 0 {
+		return ev, nil, nil
+	}
+	msgJSON := btx.Bucket(bucketMsgs).Get(join([]byte(se.ConversationID), u64(se.MessageSeq)))
+	if msgJSON == nil {
+		return Event{}, nil, fmt.Errorf("event %d refers to message %d of %s, which is missing", se.Offset, se.MessageSeq, se.ConversationID)
+	}
+	ev.Data = messageCreatedJSON(msgJSON, se.Conversation)
+	return ev, msgJSON, nil
 }
 
 // ListEvents returns up to limit events of orgID with offset > after, oldest first, and whether
-// more follow.
+// more follow; the page also ends at MaxPageBytes.
 func (db *DB) ListEvents(orgID string, after uint64, limit int) ([]Event, bool, error) {
 	if limit < 1 {
 		return nil, false, errLimit
@@ -90,15 +159,24 @@ func (db *DB) ListEvents(orgID string, after uint64, limit int) ([]Event, bool, 
 			return nil
 		}
 		c := log.Cursor()
+		size := 0
 		for k, v := c.Seek(u64(after + 1)); k != nil; k, v = c.Next() {
 			if len(out) == limit {
 				more = true
 				return nil
 			}
-			ev, err := decodeEvent(v)
+			ev, msgJSON, err := readEvent(btx, v)
 			if err != nil {
 				return err
 			}
+			// The stored event's own fields are a little more than its envelope on the wire, so
+			// this counts at least what the page will carry.
+			itemSize := len(v) + len(msgJSON)
+			if pageFull(len(out), limit, size, itemSize) {
+				more = true
+				return nil
+			}
+			size += itemSize + 1
 			out = append(out, ev)
 		}
 		return nil
@@ -220,12 +298,25 @@ func (db *DB) oldestEventBefore(orgID string, cutoff time.Time) (bool, error) {
 }
 
 // sweepEvery runs fn now and then every interval until ctx ends. It is the one shape of every
-// background sweeper, so each exits with its owner's context.
-func sweepEvery(ctx context.Context, interval time.Duration, fn func(context.Context)) {
+// background sweeper, so each exits with its owner's context. A panic of fn (a bbolt assertion
+// on a damaged page) is recovered and handed to onPanic with its stack, and the next tick runs
+// again: a sweeper must neither crash the server nor die unseen.
+func sweepEvery(ctx context.Context, interval time.Duration, fn func(context.Context), onPanic func(error)) {
 	if interval <= 0 {
 		interval = time.Minute
 	}
-	fn(ctx)
+	// A page mapped past the end of a file truncated under a running server faults; as a panic
+	// it is recovered like any other.
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	tick := func() {
+		defer func() {
+			if r := recover(); r != nil {
+				onPanic(fmt.Errorf("sweeper panicked: %v\n%s", r, debug.Stack()))
+			}
+		}()
+		fn(ctx)
+	}
+	tick()
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -233,7 +324,7 @@ func sweepEvery(ctx context.Context, interval time.Duration, fn func(context.Con
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			fn(ctx)
+			tick()
 		}
 	}
 }

@@ -7,6 +7,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/awardee/awardee/internal/testkit"
 )
 
 // appendTestEvents appends n events to orgID's log in one unit and returns the creation time of
@@ -75,7 +77,7 @@ func TestEventOffsetsPerOrg(t *testing.T) {
 		}
 	}
 	close(gate)
-	waitAll(t, "all writers", &wg)
+	testkit.WaitAll(t, "all writers", &wg)
 
 	for _, o := range []struct {
 		name   string
@@ -159,26 +161,23 @@ func TestPruneEvents(t *testing.T) {
 	const bulk = 2*pruneChunk + 200 // enough to need three pruning units
 	cases := []struct {
 		name       string
-		cutoff     func(firstBatch Time) time.Time
+		cutoff     func(clock *testClock) time.Time
 		split      bool // a second batch is appended after the cutoff
 		wantPruned int
 		wantOldest uint64
 	}{
-		{"future cutoff removes all", func(Time) time.Time { return time.Now().Add(time.Hour) }, false, bulk + 3, 0},
-		{"past cutoff removes none", func(Time) time.Time { return time.Now().Add(-time.Hour) }, false, 0, 1},
-		{"cutoff between two batches", func(last Time) time.Time { return waitNextMilli(last).Time }, true, bulk + 3, bulk + 1},
+		{"future cutoff removes all", func(c *testClock) time.Time { return c.Now().Add(time.Hour) }, false, bulk + 3, 0},
+		{"past cutoff removes none", func(c *testClock) time.Time { return c.Now().Add(-time.Hour) }, false, 0, 1},
+		{"cutoff between two batches", func(c *testClock) time.Time { c.Advance(time.Millisecond); return c.Now().Truncate(time.Millisecond) }, true, bulk + 3, bulk + 1},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			db := openTestDB(t)
+			db, clock := openClockedDB(t)
 			org := newTestOrg(t, db)
 			other := newTestOrg(t, db)
-			last := appendTestEvents(t, db, org.OrgID, bulk)
-			otherLast := appendTestEvents(t, db, other.OrgID, 3)
-			if otherLast.After(last.Time) {
-				last = otherLast
-			}
-			cutoff := c.cutoff(last)
+			appendTestEvents(t, db, org.OrgID, bulk)
+			appendTestEvents(t, db, other.OrgID, 3)
+			cutoff := c.cutoff(clock)
 			latest := uint64(bulk)
 			if c.split {
 				appendTestEvents(t, db, org.OrgID, 5)
@@ -323,7 +322,7 @@ func TestPruneIdempotencyKeepsRewrittenKey(t *testing.T) {
 			return tx.putIdempotency(org.OrgID, fresh, 201, []byte(`{"again":true}`))
 		})
 	}()
-	recv(t, "the rewriting unit to start", entered)
+	testkit.Recv(t, "the rewriting unit to start", entered)
 
 	type result struct {
 		n   int
@@ -335,12 +334,12 @@ func TestPruneIdempotencyKeepsRewrittenKey(t *testing.T) {
 		pruned <- result{n, err}
 	}()
 	// The pruner's delete unit in the queue means its scan saw the old record.
-	waitFor(t, "the pruner's delete unit", func() bool { return db.Queued() == 1 })
+	testkit.WaitFor(t, "the pruner's delete unit", func() bool { return db.Queued() == 1 })
 	release()
-	if err := recv(t, "the rewrite", rewritten); err != nil {
+	if err := testkit.Recv(t, "the rewrite", rewritten); err != nil {
 		t.Fatal(err)
 	}
-	res := recv(t, "the pruner", pruned)
+	res := testkit.Recv(t, "the pruner", pruned)
 	if res.err != nil || res.n != 0 {
 		t.Errorf("pruner removed %d (%v), want 0: the record was rewritten before its delete", res.n, res.err)
 	}
@@ -415,11 +414,11 @@ func TestRunMaintenanceStopsOnCancel(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			db := openTestDB(t)
+			db, clock := openClockedDB(t)
 			org := newTestOrg(t, db)
 			last := appendTestEvents(t, db, org.OrgID, 3)
 			putIdemAt(t, db, org.OrgID, map[string]time.Time{"k": last.Time})
-			waitNextMilli(last) // so a zero retention puts every record before the cutoff
+			clock.Advance(time.Millisecond) // so a zero retention puts every record before the cutoff
 
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
@@ -437,13 +436,13 @@ func TestRunMaintenanceStopsOnCancel(t *testing.T) {
 			}()
 			if !c.preCancel {
 				// The first sweep runs at once: both the events and the key go.
-				waitFor(t, "the first sweep", func() bool {
+				testkit.WaitFor(t, "the first sweep", func() bool {
 					oldest, _, err := db.LogBounds(org.OrgID)
 					return err == nil && oldest == 0 && !idemExists(t, db, org.OrgID, "k")
 				})
 				cancel()
 			}
-			recv(t, "RunMaintenance to return after cancel", done)
+			testkit.Recv(t, "RunMaintenance to return after cancel", done)
 			wantOldest := uint64(0) // pruned by the first sweep
 			if c.preCancel {
 				wantOldest = 1 // a sweep that starts cancelled deletes nothing

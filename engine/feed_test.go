@@ -10,12 +10,14 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/awardee/awardee/internal/testkit"
 )
 
 // nextEvents reads n events from sub, failing the test at the deadline.
 func nextEvents(tb testing.TB, sub *Subscription, n int) []Event {
 	tb.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), testkit.Timeout)
 	defer cancel()
 	var out []Event
 	for len(out) < n {
@@ -50,7 +52,7 @@ func TestSubscriptionReadsEveryCommittedEventOnce(t *testing.T) {
 		})
 	}
 	read := nextEvents(t, sub, writers*perWriter)
-	waitAll(t, "writers", &wg)
+	testkit.WaitAll(t, "writers", &wg)
 	logged := eventsAfter(t, db, org.OrgID, start)
 	if len(logged) != len(read) {
 		t.Fatalf("read %d events, the log holds %d", len(read), len(logged))
@@ -79,7 +81,7 @@ func TestStalledSubscriberNeverBlocksWrites(t *testing.T) {
 	if len(stats) != 1 || stats[0].Lag != feedCapacity+10 || stats[0].Dropped != 0 {
 		t.Fatalf("feed stats = %+v, want lag %d and no drop yet", stats, feedCapacity+10)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), testkit.Timeout)
 	defer cancel()
 	if _, err := stalled.Next(ctx, 10); !errors.Is(err, ErrFellBehind) {
 		t.Fatalf("Next after falling behind = %v, want ErrFellBehind", err)
@@ -97,7 +99,7 @@ func TestStalledSubscriberNeverBlocksWrites(t *testing.T) {
 	}
 	closed := make(chan error, 1)
 	go func() { closed <- db.Close() }()
-	if err := recv(t, "Close with a subscriber that never read", closed); err != nil {
+	if err := testkit.Recv(t, "Close with a subscriber that never read", closed); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -130,7 +132,7 @@ func TestNotifyAndNextWakeUps(t *testing.T) {
 	default:
 	}
 	appendTestEvents(t, db, org.OrgID, 1)
-	recv(t, "Notify's channel to close after a commit", wake)
+	testkit.Recv(t, "Notify's channel to close after a commit", wake)
 
 	sub := db.Subscribe("idle")
 	defer sub.Close()
@@ -141,7 +143,7 @@ func TestNotifyAndNextWakeUps(t *testing.T) {
 		done <- err
 	}()
 	cancel()
-	if err := recv(t, "Next to return on cancel", done); !errors.Is(err, context.Canceled) {
+	if err := testkit.Recv(t, "Next to return on cancel", done); !errors.Is(err, context.Canceled) {
 		t.Fatalf("Next = %v, want context.Canceled", err)
 	}
 }
@@ -173,7 +175,7 @@ func TestCommitServesEveryOrgInTurn(t *testing.T) {
 	results := submitCalls(t, db, calls)
 	release()
 	for _, ch := range results {
-		if err := recv(t, "an answer", ch); err != nil {
+		if err := testkit.Recv(t, "an answer", ch); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -213,14 +215,14 @@ func TestOrgQueueIsBounded(t *testing.T) {
 	// Another org is not held up by org_a's full queue: its unit queues at once.
 	other := make(chan error, 1)
 	go func() { other <- db.update(context.Background(), "org_b", func(*Tx) error { return nil }) }()
-	waitFor(t, "org_b's unit to queue beside org_a's full queue", func() bool { return db.Queued() == 5 })
+	testkit.WaitFor(t, "org_b's unit to queue beside org_a's full queue", func() bool { return db.Queued() == 5 })
 	release()
 	for _, ch := range results {
-		if err := recv(t, "an answer", ch); err != nil {
+		if err := testkit.Recv(t, "an answer", ch); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := recv(t, "org_b's answer", other); err != nil {
+	if err := testkit.Recv(t, "org_b's answer", other); err != nil {
 		t.Fatal(err)
 	}
 	if ran.Load() {
@@ -296,9 +298,9 @@ func TestPluginBuckets(t *testing.T) {
 // A resume position beyond the latest offset is refused; one whose following events were pruned
 // asks for a resync; any other replays exactly.
 func TestResumeFrom(t *testing.T) {
-	db := openTestDB(t)
+	db, clock := openClockedDB(t)
 	org := newTestOrg(t, db)
-	last := appendTestEvents(t, db, org.OrgID, 5)
+	appendTestEvents(t, db, org.OrgID, 5)
 	for _, after := range []uint64{0, 3, 5} {
 		if resync, err := db.ResumeFrom(org.OrgID, after); err != nil || resync {
 			t.Errorf("resume after %d = %v, %v; want a plain replay", after, resync, err)
@@ -307,7 +309,8 @@ func TestResumeFrom(t *testing.T) {
 	_, err := db.ResumeFrom(org.OrgID, 6)
 	wantCode(t, err, CodeValidation)
 
-	if _, err := db.PruneEvents(context.Background(), waitNextMilli(last).Time); err != nil {
+	clock.Advance(time.Millisecond)
+	if _, err := db.PruneEvents(context.Background(), clock.Now().Truncate(time.Millisecond)); err != nil {
 		t.Fatal(err)
 	}
 	appendTestEvents(t, db, org.OrgID, 1)

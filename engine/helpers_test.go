@@ -5,7 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"reflect"
-	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -13,21 +13,44 @@ import (
 // Shared helpers of the engine's tests. Every test works on a real bbolt file in its own temporary
 // directory: the commit loop, fsync and key layouts are what is under test, so nothing is mocked.
 
-// waitTimeout bounds every wait of the suite; it is generous because the race detector on two
-// cores slows fsync-bound work down a lot, and it is only ever reached when a test fails.
-const waitTimeout = 20 * time.Second
-
 // openTestDB opens a fresh database in a temporary directory and closes it when the test ends.
 func openTestDB(tb testing.TB) *DB {
 	tb.Helper()
 	return openDBAt(tb, tb.TempDir())
 }
 
-// openDBAt opens the database in dir and closes it when the test ends. Closing twice is allowed,
-// so a test may close it earlier itself (to reopen the directory, or to test Close).
+// openDBAt opens the database in dir and, when the test ends, closes it and checks the file:
+// bbolt's page check and every invariant of the key layouts (Check), so every engine test also
+// proves it left a sound database. Closing twice is allowed, so a test may close it earlier
+// itself (to reopen the directory, or to test Close).
 func openDBAt(tb testing.TB, dir string) *DB {
 	tb.Helper()
-	db, err := Open(dir, Options{})
+	db, _ := openClockedDBAt(tb, dir)
+	return db
+}
+
+// openClockedDB is openTestDB that also hands back the database's clock, for tests that need
+// time to pass between two writes.
+func openClockedDB(tb testing.TB) (*DB, *testClock) {
+	tb.Helper()
+	return openClockedDBAt(tb, tb.TempDir())
+}
+
+// testClock is the engine's clock in every test: the real time plus an offset the test moves, so
+// a test that needs time to pass (activity order, pruning cutoffs, expiry) steps it instead of
+// waiting for it.
+type testClock struct{ offset atomic.Int64 }
+
+func (c *testClock) Now() time.Time { return time.Now().Add(time.Duration(c.offset.Load())) }
+
+// Advance moves the clock forward by d; times carry milliseconds, so a millisecond is enough to
+// tell two writes apart.
+func (c *testClock) Advance(d time.Duration) { c.offset.Add(int64(d)) }
+
+func openClockedDBAt(tb testing.TB, dir string) (*DB, *testClock) {
+	tb.Helper()
+	clock := &testClock{}
+	db, err := Open(dir, Options{Now: clock.Now})
 	if err != nil {
 		tb.Fatalf("open %s: %v", dir, err)
 	}
@@ -35,8 +58,15 @@ func openDBAt(tb testing.TB, dir string) *DB {
 		if err := db.Close(); err != nil {
 			tb.Errorf("close: %v", err)
 		}
+		problems, err := CheckDir(dir, time.Second)
+		if err != nil {
+			tb.Errorf("check: %v", err)
+		}
+		for _, p := range problems {
+			tb.Errorf("check: %v", p)
+		}
 	})
-	return db
+	return db, clock
 }
 
 // newTestOrg creates an org whose initial status is open.
@@ -49,26 +79,19 @@ func newTestOrg(tb testing.TB, db *DB) CreatedOrg {
 	return org
 }
 
-// newConv creates a conversation in status s. Only bot_active, agent_requested and open can be
-// created directly; the finished statuses are reached through the shortest allowed PATCH path.
+// newConv creates a conversation in status s, reached through the shortest allowed PATCH path
+// (PathTo) when it cannot be opened in it.
 func newConv(tb testing.TB, db *DB, orgID string, s Status) Conversation {
 	tb.Helper()
-	create := s
-	if !creatableStatus(s) {
-		create = StatusOpen
+	create, path, ok := PathTo(s)
+	if !ok {
+		tb.Fatalf("set-up: no path to status %s", s)
 	}
 	created, err := db.CreateConversation(context.Background(), orgID, NewConversation{Status: create}, nil)
 	if err != nil {
 		tb.Fatalf("create conversation: %v", err)
 	}
 	c := created.Conversation
-	var path []Status
-	switch s {
-	case StatusResolved, StatusClosed:
-		path = []Status{s}
-	case StatusArchived:
-		path = []Status{StatusResolved, StatusArchived}
-	}
 	for _, next := range path {
 		c = patchStatus(tb, db, orgID, c.ID, next)
 	}
@@ -194,53 +217,4 @@ func wantDetails(tb testing.TB, e *Error, want map[string]any) {
 	if !reflect.DeepEqual(e.Details, want) {
 		tb.Fatalf("details = %#v, want %#v", e.Details, want)
 	}
-}
-
-// waitFor polls cond until it holds and fails the test at the deadline. It is only for states
-// that offer no channel to wait on, such as a unit sitting in the commit queue.
-func waitFor(tb testing.TB, what string, cond func() bool) {
-	tb.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	tick := time.NewTicker(100 * time.Microsecond)
-	defer tick.Stop()
-	for !cond() {
-		if time.Now().After(deadline) {
-			tb.Fatalf("timed out waiting for %s", what)
-		}
-		<-tick.C
-	}
-}
-
-// recv waits for one value from ch and fails the test at the deadline.
-func recv[T any](tb testing.TB, what string, ch <-chan T) T {
-	tb.Helper()
-	select {
-	case v := <-ch:
-		return v
-	case <-time.After(waitTimeout):
-		tb.Fatalf("timed out waiting for %s", what)
-		panic("unreachable")
-	}
-}
-
-// waitNextMilli returns once Now() is past t. Times carry milliseconds, so two writes that must
-// be told apart by their time (activity order, pruning cutoffs) need a clock tick between them;
-// this waits for the tick itself rather than sleeping for a guessed duration.
-func waitNextMilli(t Time) Time {
-	for {
-		if now := Now(); now.After(t.Time) {
-			return now
-		}
-	}
-}
-
-// waitAll waits for wg with a deadline, so a lost answer fails the test instead of hanging it.
-func waitAll(tb testing.TB, what string, wg *sync.WaitGroup) {
-	tb.Helper()
-	done := make(chan struct{})
-	go func() {
-		wg.Wait()
-		close(done)
-	}()
-	recv(tb, what, done)
 }

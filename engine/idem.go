@@ -4,8 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
+	"fmt"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -29,31 +29,65 @@ type IdempotencyRecord struct {
 	Status      int
 	Body        []byte
 	CreatedAt   Time
+
+	message []byte // the key of the message whose encoding is Body, until it is read
 }
 
 // The stored form is binary, not JSON: the body is already JSON, and wrapping it again would
 // escape or base64 it on the hot path. Layout: created_at unix ms (8, BE) · status (2, BE) ·
-// fingerprint (32) · body.
-const idemHeader = 8 + 2 + 32
+// fingerprint (32) · form (1) · then, by form, the body itself (idemBody), or the posted message
+// as seq (8, BE) · conversation id (idemMessage): a message never changes once stored, so its
+// stored encoding is exactly the 201 body a replay must send, and its text is not kept twice.
+const idemHeader = 8 + 2 + 32 + 1
 
-func (r IdempotencyRecord) encode() []byte {
-	out := make([]byte, idemHeader, idemHeader+len(r.Body))
-	binary.BigEndian.PutUint64(out[0:8], uint64(r.CreatedAt.UnixMilli()))
-	binary.BigEndian.PutUint16(out[8:10], uint16(r.Status))
-	copy(out[10:idemHeader], r.Fingerprint)
-	return append(out, r.Body...)
+const (
+	idemBody    byte = 0
+	idemMessage byte = 1
+)
+
+// idemRecord is a record as stored; ref is the body (idemBody) or the message's key (idemMessage).
+type idemRecord struct {
+	fingerprint []byte
+	status      int
+	createdAt   Time
+	form        byte
+	ref         []byte
 }
 
+func (r idemRecord) encode() []byte {
+	out := make([]byte, idemHeader, idemHeader+len(r.ref))
+	binary.BigEndian.PutUint64(out[0:8], uint64(r.createdAt.UnixMilli()))
+	binary.BigEndian.PutUint16(out[8:10], uint16(r.status))
+	copy(out[10:42], r.fingerprint)
+	out[42] = r.form
+	return append(out, r.ref...)
+}
+
+// decodeIdempotency reads a stored record. A record that names its message gets no Body here but
+// the message's key, from which LookupIdempotency reads the body in the same transaction.
 func decodeIdempotency(raw []byte) (IdempotencyRecord, error) {
 	if len(raw) < idemHeader {
 		return IdempotencyRecord{}, errors.New("idempotency record is truncated")
 	}
-	return IdempotencyRecord{
+	rec := IdempotencyRecord{
 		CreatedAt:   Time{time.UnixMilli(int64(binary.BigEndian.Uint64(raw[0:8]))).UTC()},
 		Status:      int(binary.BigEndian.Uint16(raw[8:10])),
-		Fingerprint: append([]byte(nil), raw[10:idemHeader]...),
-		Body:        append([]byte(nil), raw[idemHeader:]...),
-	}, nil
+		Fingerprint: append([]byte(nil), raw[10:42]...),
+	}
+	rest := raw[idemHeader:]
+	switch raw[42] {
+	case idemBody:
+		rec.Body = append([]byte(nil), rest...)
+	case idemMessage:
+		if len(rest) <= 8 {
+			return IdempotencyRecord{}, errors.New("idempotency record's message reference is truncated")
+		}
+		// The message's key is conversation id · seq; the record keeps seq first.
+		rec.message = join(rest[8:], rest[:8])
+	default:
+		return IdempotencyRecord{}, fmt.Errorf("idempotency record has an unknown form %d", raw[42])
+	}
+	return rec, nil
 }
 
 // idemCreatedAt reads only the time of a stored record, for sweeps.
@@ -72,16 +106,27 @@ func (tx *Tx) saveIdempotency(orgID string, idem *Idempotency, result any) error
 	if idem == nil {
 		return nil
 	}
-	body, err := json.Marshal(result)
+	body, err := marshal(result)
 	if err != nil {
 		return err
 	}
 	return tx.putIdempotency(orgID, idem, idem.Status, body)
 }
 
-// putIdempotency stores the record and its entry in the time index (replacing the entry of an
-// expired record it overwrites), and hands the stored body back through idem.Stored.
+// putIdempotency stores the record with its body and its entry in the time index (replacing the
+// entry of an expired record it overwrites), and hands the body back through idem.Stored.
 func (tx *Tx) putIdempotency(orgID string, idem *Idempotency, status int, body []byte) error {
+	return tx.putIdempotencyRecord(orgID, idem, idemRecord{status: status, form: idemBody, ref: body}, body)
+}
+
+// putIdempotencyMessage stores a record whose body is the message this unit stored under convID
+// and seq, encoded as msgJSON, by reference.
+func (tx *Tx) putIdempotencyMessage(orgID string, idem *Idempotency, status int, convID string, seq uint64, msgJSON []byte) error {
+	ref := append(u64(seq), convID...)
+	return tx.putIdempotencyRecord(orgID, idem, idemRecord{status: status, form: idemMessage, ref: ref}, msgJSON)
+}
+
+func (tx *Tx) putIdempotencyRecord(orgID string, idem *Idempotency, rec idemRecord, body []byte) error {
 	key := idemKey(orgID, idem.Key)
 	records, byTime := tx.bolt.Bucket(bucketIdem), tx.bolt.Bucket(bucketIdemTime)
 	if at, ok := idemCreatedAt(records.Get(key)); ok {
@@ -89,7 +134,7 @@ func (tx *Tx) putIdempotency(orgID string, idem *Idempotency, status int, body [
 			return err
 		}
 	}
-	rec := IdempotencyRecord{Fingerprint: idem.Fingerprint[:], Status: status, Body: body, CreatedAt: tx.now}
+	rec.fingerprint, rec.createdAt = idem.Fingerprint[:], tx.now
 	if err := records.Put(key, rec.encode()); err != nil {
 		return err
 	}
@@ -116,6 +161,13 @@ func (db *DB) LookupIdempotency(orgID, key string, ttl time.Duration) (*Idempote
 			return nil
 		}
 		r, err := decodeIdempotency(raw)
+		if err == nil && r.message != nil {
+			if body := btx.Bucket(bucketMsgs).Get(r.message); body != nil {
+				r.Body, r.message = append([]byte(nil), body...), nil
+			} else {
+				err = errors.New("idempotency record names a missing message")
+			}
+		}
 		if err != nil {
 			return nil // a damaged record is no record: the request runs and overwrites it
 		}
@@ -181,7 +233,8 @@ type Maintenance struct {
 	// KeepFrom, when set, gives the lowest offset of an org's log still owed to a consumer (a
 	// webhook cursor or retry); the event pruner keeps it and everything after it.
 	KeepFrom func(orgID string) uint64
-	// OnError reports a failed sweep; the next tick tries again.
+	// OnError reports a failed sweep, or a panicking one (with its stack); the next tick tries
+	// again.
 	OnError func(what string, err error)
 }
 
@@ -198,5 +251,5 @@ func (db *DB) RunMaintenance(ctx context.Context, m Maintenance) {
 		report("events", err)
 		_, err = db.PruneIdempotency(ctx, m.IdempotencyTTL)
 		report("idempotency keys", err)
-	})
+	}, func(err error) { report("maintenance", err) })
 }

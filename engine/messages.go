@@ -2,13 +2,18 @@ package engine
 
 import (
 	"context"
-	"encoding/json"
 	"math"
 	"strings"
 	"unicode/utf8"
 
+	json "github.com/go-json-experiment/json"
 	bolt "go.etcd.io/bbolt"
 )
+
+// marshal is the engine's one JSON encoder. json/v2 leaves <, > and & as they are, so text is
+// stored as sent (encoding/json's HTML escaping made each of them 6 bytes); Deterministic orders
+// map keys (a conversation.updated event's changes) as encoding/json did, so the wire form stays.
+func marshal(v any) ([]byte, error) { return json.Marshal(v, json.Deterministic(true)) }
 
 // Message limits of section 6.
 const (
@@ -85,13 +90,13 @@ func (db *DB) PostMessage(ctx context.Context, in NewMessage, idem *Idempotency)
 		rec.LastActivityAt = now
 		rec.Status = plan.NewState
 		// Every event of this unit carries the conversation as it is after the unit: encode once.
-		convJSON, err := json.Marshal(rec.Conversation)
+		convJSON, err := marshal(rec.Conversation)
 		if err != nil {
 			return err
 		}
 		if plan.NewState != old.Status {
 			changes := map[string]Change{"status": {From: old.Status, To: plan.NewState}}
-			changesJSON, err := json.Marshal(changes)
+			changesJSON, err := marshal(changes)
 			if err != nil {
 				return err
 			}
@@ -125,25 +130,30 @@ func (db *DB) PostMessage(ctx context.Context, in NewMessage, idem *Idempotency)
 		if err := tx.putConversationJSON(rec, &old, convJSON); err != nil {
 			return err
 		}
+		if err := tx.putAssets(in.OrgID, attachments); err != nil {
+			return err
+		}
 		if idem == nil {
 			return nil
 		}
-		// The reply is the stored message: its encoding is already at hand, on the commit loop.
-		return tx.putIdempotency(in.OrgID, idem, idem.Status, msgJSON)
+		// The reply is the stored message, which never changes: the record points at it rather
+		// than keeping a second copy of its text, and a replay reads the very same bytes.
+		return tx.putIdempotencyMessage(in.OrgID, idem, idem.Status, rec.ID, out.Seq, msgJSON)
 	})
 	return out, err
 }
 
 // appendMessage gives msg the conversation's next seq and stores it with its event, whose data
 // splices the message and convJSON (the conversation's encoding after the unit), and returns the
-// stored message with its encoding. rec is updated in memory; the caller stores it once all of
-// the unit's messages are appended.
+// stored message with its encoding. The stored event points at the message instead of copying it
+// (see appendMessageEvent). rec is updated in memory; the caller stores it once all of the unit's
+// messages are appended.
 func (tx *Tx) appendMessage(rec *conversationRecord, convJSON []byte, msg Message, now Time) (Message, []byte, error) {
 	rec.LastSeq++
 	msg.Seq = rec.LastSeq
 	msg.ConversationID = rec.ID
 	msg.CreatedAt = now
-	msgJSON, err := json.Marshal(msg)
+	msgJSON, err := marshal(msg)
 	if err != nil {
 		return Message{}, nil, err
 	}
@@ -152,8 +162,7 @@ func (tx *Tx) appendMessage(rec *conversationRecord, convJSON []byte, msg Messag
 	if err := msgs.Put(join([]byte(rec.ID), u64(msg.Seq)), msgJSON); err != nil {
 		return Message{}, nil, err
 	}
-	data := splice(`{"message":`, msgJSON, `,"conversation":`, convJSON, `}`)
-	return msg, msgJSON, tx.appendEventJSON(rec.OrgID, rec.ID, EventMessageCreated, data)
+	return msg, msgJSON, tx.appendMessageEvent(rec.OrgID, rec.ID, msg.Seq, msgJSON, convJSON)
 }
 
 // splice concatenates JSON fragments, given as strings or byte slices.
@@ -232,8 +241,20 @@ func requestAgentMoves(status Status) (bool, error) {
 		WithDetails(map[string]any{"status": string(status)})
 }
 
+// MaxPageBytes bounds a list page by the JSON it holds (section 3): a page ends early, reporting
+// that more follow, before an item would take it past 4 MiB, so no request makes the server build
+// an unbounded answer however large its items are. A page always holds at least one item (no
+// item comes near the bound: request bodies are limited to 1 MiB).
+const MaxPageBytes = 4 << 20
+
+// pageFull reports whether a page of n items holding size bytes of JSON takes no item of next
+// bytes more (one more byte for the comma before it).
+func pageFull(n, limit, size, next int) bool {
+	return n == limit || (n > 0 && size+next+1 > MaxPageBytes)
+}
+
 // ListMessages returns up to limit messages of a conversation with seq > after, oldest first, and
-// whether more follow.
+// whether more follow; the page also ends at MaxPageBytes.
 func (db *DB) ListMessages(orgID, convID string, after uint64, limit int) ([]Message, bool, error) {
 	if limit < 1 {
 		return nil, false, errLimit
@@ -249,11 +270,14 @@ func (db *DB) ListMessages(orgID, convID string, after uint64, limit int) ([]Mes
 		}
 		prefix := []byte(convID)
 		c := btx.Bucket(bucketMsgs).Cursor()
+		size := 0
 		for k, v := c.Seek(join(prefix, u64(after+1))); k != nil && len(k) == len(prefix)+8 && string(k[:len(prefix)]) == convID; k, v = c.Next() {
-			if len(out) == limit {
+			// The stored encoding is the one the page will carry: its length is the page's.
+			if pageFull(len(out), limit, size, len(v)) {
 				more = true
 				return nil
 			}
+			size += len(v) + 1
 			var m Message
 			if err := json.Unmarshal(v, &m); err != nil {
 				return err

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/awardee/awardee/internal/testkit"
 )
 
 // Section 6's takeover: one transaction writes the status change, the system marker and the
@@ -113,7 +115,7 @@ func TestConcurrentTakeoverWritesOneMarker(t *testing.T) {
 		})
 	}
 	close(gate)
-	waitAll(t, "all agents", &wg)
+	testkit.WaitAll(t, "all agents", &wg)
 
 	thread := allMessages(t, db, org.OrgID, conv.ID)
 	if len(thread) != agents+1 {
@@ -431,7 +433,7 @@ func TestPostMessageRechecksStatusInTransaction(t *testing.T) {
 			results := submitCalls(t, db, calls)
 			release()
 			for i, ch := range results {
-				err := recv(t, fmt.Sprintf("step %d", i), ch)
+				err := testkit.Recv(t, fmt.Sprintf("step %d", i), ch)
 				if want := c.steps[i].wantErr; want != "" {
 					wantCode(t, err, want)
 				} else if err != nil {

@@ -31,6 +31,34 @@ const (
 	DefaultInitialStatus = StatusOpen
 )
 
+// Bounds of an org's rate window. Section 8 gives the smallest rate and the largest burst; the
+// largest rate is ours: no single server answers a million requests a second, so a larger one
+// would only differ from it in the arithmetic. Within these bounds every RateLimit header is a
+// whole number of seconds from 1 to MaxBurst/MinRate (10^8).
+const (
+	MinRate  = 0.01
+	MaxRate  = 1_000_000
+	MaxBurst = 1_000_000
+)
+
+// CheckRate refuses a rate (requests per second) outside [MinRate, MaxRate], NaN included.
+func CheckRate(perSecond float64) error {
+	if !(perSecond >= MinRate && perSecond <= MaxRate) {
+		return Errorf(CodeValidation, "rate must be from 0.01 to 1000000 requests per second (got %g)", perSecond).
+			WithDetails(map[string]any{"field": "rate"})
+	}
+	return nil
+}
+
+// CheckBurst refuses a burst outside [1, MaxBurst].
+func CheckBurst(burst int) error {
+	if burst < 1 || burst > MaxBurst {
+		return Errorf(CodeValidation, "burst must be from 1 to 1000000 requests (got %d)", burst).
+			WithDetails(map[string]any{"field": "burst"})
+	}
+	return nil
+}
+
 // CreatedOrg is an org with the secrets that were made for it; the secrets are shown only here.
 type CreatedOrg struct {
 	OrgID     string `json:"org_id"`
@@ -59,8 +87,11 @@ func (db *DB) CreateOrg(ctx context.Context, in NewOrg) (CreatedOrg, error) {
 	if in.InitialStatus == "" {
 		in.InitialStatus = DefaultInitialStatus
 	}
-	if in.Rate < 0 || in.Burst < 1 {
-		return CreatedOrg{}, Errorf(CodeValidation, "rate must be positive and burst at least 1")
+	if err := CheckRate(in.Rate); err != nil {
+		return CreatedOrg{}, err
+	}
+	if err := CheckBurst(in.Burst); err != nil {
+		return CreatedOrg{}, err
 	}
 	if !creatableStatus(in.InitialStatus) {
 		return CreatedOrg{}, Errorf(CodeValidation, "initial status must be bot_active, agent_requested or open")
@@ -87,8 +118,15 @@ type OrgUpdate struct {
 
 // UpdateOrg applies u to the org and returns the result.
 func (db *DB) UpdateOrg(ctx context.Context, orgID string, u OrgUpdate) (Org, error) {
-	if (u.Rate != nil && *u.Rate <= 0) || (u.Burst != nil && *u.Burst < 1) {
-		return Org{}, Errorf(CodeValidation, "rate must be positive and burst at least 1")
+	if u.Rate != nil {
+		if err := CheckRate(*u.Rate); err != nil {
+			return Org{}, err
+		}
+	}
+	if u.Burst != nil {
+		if err := CheckBurst(*u.Burst); err != nil {
+			return Org{}, err
+		}
 	}
 	var org Org
 	err := db.update(ctx, orgID, func(tx *Tx) error {

@@ -116,3 +116,38 @@ func invalidForMessage(author Author, current Status) *Error {
 	return Errorf(CodeInvalidState, "conversation is %s: %s", current, hint).
 		WithDetails(map[string]any{"status": string(current)})
 }
+
+// PathTo is how a new conversation reaches status to through the API: the status to open it in
+// (to itself when a conversation can be opened in it, else open) and the shortest sequence of
+// statuses to PATCH it through from there, following the transitions table, to last. It
+// answers ok false when to cannot be reached.
+func PathTo(to Status) (create Status, patches []Status, ok bool) {
+	if creatableStatus(to) {
+		return to, nil, true
+	}
+	if !to.Valid() {
+		return "", nil, false
+	}
+	// Breadth-first over the table, so the first path found is a shortest one; ties go to the
+	// earlier status in Statuses.
+	from := StatusOpen
+	prev := map[Status]Status{from: from}
+	queue := []Status{from}
+	for len(queue) > 0 {
+		cur := queue[0]
+		queue = queue[1:]
+		if cur == to {
+			for s := to; s != from; s = prev[s] {
+				patches = append([]Status{s}, patches...)
+			}
+			return from, patches, true
+		}
+		for _, next := range Statuses {
+			if _, seen := prev[next]; !seen && CanTransition(cur, next) {
+				prev[next] = cur
+				queue = append(queue, next)
+			}
+		}
+	}
+	return "", nil, false
+}

@@ -172,3 +172,37 @@ func TestPlanAndCheckMessage(t *testing.T) {
 		})
 	}
 }
+
+// TestPathTo: every status is reachable, each step of the path is a transition the table
+// allows, and the path is as short as it can be.
+func TestPathTo(t *testing.T) {
+	want := map[Status]int{ // patches needed from the status a conversation opens in
+		StatusBotActive: 0, StatusAgentRequested: 0, StatusOpen: 0,
+		StatusResolved: 1, StatusClosed: 1, StatusArchived: 2,
+	}
+	for _, to := range Statuses {
+		create, patches, ok := PathTo(to)
+		if !ok {
+			t.Fatalf("%s: unreachable", to)
+		}
+		if !creatableStatus(create) {
+			t.Fatalf("%s: opens in %s, which cannot be opened in", to, create)
+		}
+		if len(patches) != want[to] {
+			t.Fatalf("%s: path %v from %s, want %d steps", to, patches, create, want[to])
+		}
+		at := create
+		for _, next := range patches {
+			if !CanTransition(at, next) {
+				t.Fatalf("%s: path %v takes %s → %s, which the table forbids", to, patches, at, next)
+			}
+			at = next
+		}
+		if at != to {
+			t.Fatalf("path ends at %s, want %s", at, to)
+		}
+	}
+	if _, _, ok := PathTo("nowhere"); ok {
+		t.Fatal("an unknown status is reachable")
+	}
+}

@@ -3,16 +3,14 @@ package engine
 import (
 	"encoding/json"
 	"time"
+
+	"github.com/go-json-experiment/json/jsontext"
 )
 
 // Time is a UTC instant that encodes as RFC 3339 with milliseconds, the contract's one time format.
 type Time struct{ time.Time }
 
 const timeLayout = "2006-01-02T15:04:05.000Z"
-
-// Now returns the current time truncated to what the wire format can carry, so a stored value and
-// its rendering never disagree.
-func Now() Time { return Time{time.Now().UTC().Truncate(time.Millisecond)} }
 
 func (t Time) MarshalJSON() ([]byte, error) {
 	b := make([]byte, 0, len(timeLayout)+2)
@@ -160,9 +158,18 @@ type Event struct {
 	ConversationID string          `json:"-"`
 }
 
-// storedEvent keeps the routing fields that the public encoding leaves out.
+// storedEvent is an event as the log stores it: its own fields, the routing fields that the
+// public encoding leaves out, and either Data or, for a message.created event, a reference to its
+// message (MessageSeq of ConversationID) with the conversation as the event saw it, from which
+// ListEvents renders the same Data.
 type storedEvent struct {
-	Event
-	OrgID          string `json:"org_id"`
-	ConversationID string `json:"conversation_id"`
+	ID             string         `json:"id"`
+	Offset         uint64         `json:"offset"`
+	Type           string         `json:"type"`
+	CreatedAt      Time           `json:"created_at"`
+	OrgID          string         `json:"org_id"`
+	ConversationID string         `json:"conversation_id"`
+	Data           jsontext.Value `json:"data,omitempty"`
+	MessageSeq     uint64         `json:"message_seq,omitempty"`
+	Conversation   jsontext.Value `json:"conversation,omitempty"`
 }
