@@ -75,7 +75,12 @@ func newServer(cfg Config, log *slog.Logger, out io.Writer) (*server, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	db, err := engine.Open(cfg.Data, engine.Options{Buckets: hooks.Buckets})
+	db, err := engine.Open(cfg.Data, engine.Options{Buckets: hooks.Buckets, OnMigrate: func(from, to uint64) {
+		// The old file is rewritten in place, in one transaction: a copy made before this start
+		// (awardee backup, with the previous binary) is the way back.
+		log.Warn("migrating the database to this version's layout; a backup made with `awardee backup` before this start is the way back to the old version",
+			"from_schema", from, "to_schema", to, "data", cfg.Data)
+	}})
 	if err != nil {
 		return nil, err
 	}

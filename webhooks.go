@@ -2,13 +2,13 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"net"
 
 	"github.com/awardee/awardee/blobs"
 	"github.com/awardee/awardee/engine"
 	"github.com/awardee/awardee/hooks"
+	json "github.com/go-json-experiment/json"
 )
 
 // Thin handlers of section 11: decode, call hooks, encode.
@@ -31,7 +31,7 @@ func (s *server) createWebhook(c *call) (any, error) {
 	if err := s.db.SaveOutcome(c.engineCtx, c.orgID(), c.idem, c.idem.Status, body); err != nil {
 		s.log.Warn("idempotency outcome not stored", "request_id", requestID(c.ctx), "err", err)
 	}
-	return ep, nil
+	return encodedReply(body), nil // the bytes a replay returns
 }
 
 func (s *server) listWebhooks(c *call) (any, error) { return s.hooks.List(c.orgID()) }

@@ -66,16 +66,17 @@ func ValidateVisitor(v Visitor) (Visitor, error) {
 }
 
 // CreateConversation opens a conversation in orgID and makes its visitor token.
-func (db *DB) CreateConversation(ctx context.Context, orgID string, in NewConversation, idem *Idempotency) (CreatedConversation, error) {
+func (db *DB) CreateConversation(ctx context.Context, orgID string, in NewConversation, idem *Idempotency) (CreatedConversation, []byte, error) {
 	if in.Status != "" && !creatableStatus(in.Status) {
-		return CreatedConversation{}, Errorf(CodeValidation, "status must be bot_active, agent_requested or open").
+		return CreatedConversation{}, nil, Errorf(CodeValidation, "status must be bot_active, agent_requested or open").
 			WithDetails(map[string]any{"field": "status"})
 	}
 	visitor, err := ValidateVisitor(in.Visitor)
 	if err != nil {
-		return CreatedConversation{}, err
+		return CreatedConversation{}, nil, err
 	}
 	var out CreatedConversation
+	var body []byte
 	token := newSecret(SecretVisitor)
 	convID := newID(PrefixConversation)
 	keyID := newID(PrefixKey)
@@ -104,9 +105,13 @@ func (db *DB) CreateConversation(ctx context.Context, orgID string, in NewConver
 			return err
 		}
 		out = CreatedConversation{Conversation: rec.Conversation, VisitorToken: token}
-		return tx.saveIdempotency(orgID, idem, out)
+		body, err = tx.reply(orgID, idem, out)
+		return err
 	})
-	return out, err
+	if err != nil {
+		return CreatedConversation{}, nil, err
+	}
+	return out, body, nil
 }
 
 // Conversation returns one conversation of orgID; another org's conversation is not found.
@@ -132,15 +137,15 @@ type ConversationPatch struct {
 
 // UpdateConversation applies a PATCH. A status equal to the current one is a no-op; a change
 // appends one conversation.updated event whose changes list every field that moved.
-func (db *DB) UpdateConversation(ctx context.Context, orgID, convID string, patch ConversationPatch, idem *Idempotency) (Conversation, error) {
+func (db *DB) UpdateConversation(ctx context.Context, orgID, convID string, patch ConversationPatch, idem *Idempotency) (Conversation, []byte, error) {
 	if patch.Status != nil && !patch.Status.Valid() {
-		return Conversation{}, Errorf(CodeValidation, "status %q is not one of bot_active, agent_requested, open, resolved, closed, archived", *patch.Status).
+		return Conversation{}, nil, Errorf(CodeValidation, "status %q is not one of bot_active, agent_requested, open, resolved, closed, archived", *patch.Status).
 			WithDetails(map[string]any{"field": "status"})
 	}
 	if patch.SetAssignee && patch.Assignee != nil {
 		a := strings.TrimSpace(*patch.Assignee)
 		if a == "" || len([]rune(a)) > MaxAssigneeLength {
-			return Conversation{}, Errorf(CodeValidation, "assignee must be 1 to %d characters, or null to unassign", MaxAssigneeLength).
+			return Conversation{}, nil, Errorf(CodeValidation, "assignee must be 1 to %d characters, or null to unassign", MaxAssigneeLength).
 				WithDetails(map[string]any{"field": "assignee"})
 		}
 		patch.Assignee = &a
@@ -149,14 +154,18 @@ func (db *DB) UpdateConversation(ctx context.Context, orgID, convID string, patc
 	// is answered without a write, and never costs its batch neighbours a re-run.
 	current, err := db.Conversation(orgID, convID)
 	if err != nil {
-		return Conversation{}, err
+		return Conversation{}, nil, err
 	}
 	probe := conversationRecord{Conversation: current}
 	changes, err := patch.apply(&probe, db.now())
-	if err != nil || (len(changes) == 0 && idem == nil) {
-		return current, err
+	if err != nil {
+		return Conversation{}, nil, err
+	}
+	if len(changes) == 0 && idem == nil {
+		return encoded(current)
 	}
 	var out Conversation
+	var body []byte
 	err = db.update(ctx, orgID, func(tx *Tx) error {
 		rec, err := readConversation(tx.bolt, orgID, convID)
 		if err != nil {
@@ -176,9 +185,13 @@ func (db *DB) UpdateConversation(ctx context.Context, orgID, convID string, patc
 			}
 		}
 		out = rec.Conversation
-		return tx.saveIdempotency(orgID, idem, out)
+		body, err = tx.reply(orgID, idem, out)
+		return err
 	})
-	return out, err
+	if err != nil {
+		return Conversation{}, nil, err
+	}
+	return out, body, nil
 }
 
 // apply makes the patch's changes to rec and lists them; a transition section 4 forbids is

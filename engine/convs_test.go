@@ -239,11 +239,11 @@ func TestOtherOrgsConversationIsNotFound(t *testing.T) {
 			return err
 		}},
 		{"UpdateConversation", func(orgID, convID string) error {
-			_, err := db.UpdateConversation(context.Background(), orgID, convID, ConversationPatch{Status: &closed}, nil)
+			_, _, err := db.UpdateConversation(context.Background(), orgID, convID, ConversationPatch{Status: &closed}, nil)
 			return err
 		}},
 		{"PostMessage", func(orgID, convID string) error {
-			_, err := db.PostMessage(context.Background(), NewMessage{OrgID: orgID, ConversationID: convID, Author: AuthorVisitor, Text: "hi"}, nil)
+			_, _, err := db.PostMessage(context.Background(), NewMessage{OrgID: orgID, ConversationID: convID, Author: AuthorVisitor, Text: "hi"}, nil)
 			return err
 		}},
 		{"ListMessages", func(orgID, convID string) error {
@@ -251,7 +251,7 @@ func TestOtherOrgsConversationIsNotFound(t *testing.T) {
 			return err
 		}},
 		{"RequestAgent", func(orgID, convID string) error {
-			_, err := db.RequestAgent(context.Background(), orgID, convID, nil)
+			_, _, err := db.RequestAgent(context.Background(), orgID, convID, nil)
 			return err
 		}},
 	}
@@ -333,7 +333,7 @@ func TestCountByStatus(t *testing.T) {
 	want[StatusResolved]++
 	check("resolving one")
 
-	if _, err := db.PostMessage(context.Background(), NewMessage{OrgID: a.OrgID, ConversationID: c1.ID, Author: AuthorVisitor, Text: "still there?"}, nil); err != nil {
+	if _, _, err := db.PostMessage(context.Background(), NewMessage{OrgID: a.OrgID, ConversationID: c1.ID, Author: AuthorVisitor, Text: "still there?"}, nil); err != nil {
 		t.Fatal(err)
 	}
 	want[StatusResolved]--
@@ -345,7 +345,7 @@ func TestCountByStatus(t *testing.T) {
 	want[StatusOpen]++
 	check("an agent taking one over")
 
-	if _, err := db.RequestAgent(context.Background(), a.OrgID, c3.ID, nil); err != nil {
+	if _, _, err := db.RequestAgent(context.Background(), a.OrgID, c3.ID, nil); err != nil {
 		t.Fatal(err)
 	}
 	want[StatusBotActive]--
@@ -357,7 +357,7 @@ func TestCountByStatus(t *testing.T) {
 	check("a no-op PATCH and a plain reply")
 
 	archived := StatusArchived
-	_, err := db.UpdateConversation(context.Background(), b.OrgID, c2.ID, ConversationPatch{Status: &archived}, nil)
+	_, _, err := db.UpdateConversation(context.Background(), b.OrgID, c2.ID, ConversationPatch{Status: &archived}, nil)
 	wantCode(t, err, CodeInvalidState)
 	check("a refused transition")
 }
@@ -378,7 +378,7 @@ func TestReopenKeepsData(t *testing.T) {
 		t.Fatal(err)
 	}
 	name := "Ada"
-	created, err := db.CreateConversation(ctx, org.OrgID, NewConversation{Visitor: Visitor{Name: &name}}, nil)
+	created, _, err := db.CreateConversation(ctx, org.OrgID, NewConversation{Visitor: Visitor{Name: &name}}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

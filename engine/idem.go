@@ -18,9 +18,6 @@ type Idempotency struct {
 	Fingerprint [32]byte // BLAKE3 of method, path and body, computed by the caller
 	Status      int      // the status the caller answers a success with
 
-	// Stored is set by the write to the body it stored, so the caller answers with exactly the
-	// bytes a replay will return.
-	Stored []byte
 }
 
 // IdempotencyRecord is a stored outcome, replayed byte for byte.
@@ -100,33 +97,30 @@ func idemCreatedAt(raw []byte) (time.Time, bool) {
 
 func idemKey(orgID, key string) []byte { return []byte(orgID + key) }
 
-// saveIdempotency stores result (as the JSON the caller will answer with) under idem's key; a nil
-// idem stores nothing.
-func (tx *Tx) saveIdempotency(orgID string, idem *Idempotency, result any) error {
-	if idem == nil {
-		return nil
-	}
+// reply encodes result as the JSON the caller answers with and, for a keyed request, stores that
+// very encoding under idem's key, so the answer and any replay are the same bytes.
+func (tx *Tx) reply(orgID string, idem *Idempotency, result any) ([]byte, error) {
 	body, err := marshal(result)
-	if err != nil {
-		return err
+	if err != nil || idem == nil {
+		return body, err
 	}
-	return tx.putIdempotency(orgID, idem, idem.Status, body)
+	return body, tx.putIdempotency(orgID, idem, idem.Status, body)
 }
 
 // putIdempotency stores the record with its body and its entry in the time index (replacing the
-// entry of an expired record it overwrites), and hands the body back through idem.Stored.
+// entry of an expired record it overwrites).
 func (tx *Tx) putIdempotency(orgID string, idem *Idempotency, status int, body []byte) error {
-	return tx.putIdempotencyRecord(orgID, idem, idemRecord{status: status, form: idemBody, ref: body}, body)
+	return tx.putIdempotencyRecord(orgID, idem, idemRecord{status: status, form: idemBody, ref: body})
 }
 
 // putIdempotencyMessage stores a record whose body is the message this unit stored under convID
 // and seq, encoded as msgJSON, by reference.
-func (tx *Tx) putIdempotencyMessage(orgID string, idem *Idempotency, status int, convID string, seq uint64, msgJSON []byte) error {
+func (tx *Tx) putIdempotencyMessage(orgID string, idem *Idempotency, status int, convID string, seq uint64) error {
 	ref := append(u64(seq), convID...)
-	return tx.putIdempotencyRecord(orgID, idem, idemRecord{status: status, form: idemMessage, ref: ref}, msgJSON)
+	return tx.putIdempotencyRecord(orgID, idem, idemRecord{status: status, form: idemMessage, ref: ref})
 }
 
-func (tx *Tx) putIdempotencyRecord(orgID string, idem *Idempotency, rec idemRecord, body []byte) error {
+func (tx *Tx) putIdempotencyRecord(orgID string, idem *Idempotency, rec idemRecord) error {
 	key := idemKey(orgID, idem.Key)
 	records, byTime := tx.bolt.Bucket(bucketIdem), tx.bolt.Bucket(bucketIdemTime)
 	if at, ok := idemCreatedAt(records.Get(key)); ok {
@@ -138,11 +132,7 @@ func (tx *Tx) putIdempotencyRecord(orgID string, idem *Idempotency, rec idemReco
 	if err := records.Put(key, rec.encode()); err != nil {
 		return err
 	}
-	if err := byTime.Put(join(u64(uint64(tx.now.UnixMilli())), key), nil); err != nil {
-		return err
-	}
-	idem.Stored = body
-	return nil
+	return byTime.Put(join(u64(uint64(tx.now.UnixMilli())), key), nil)
 }
 
 // SaveOutcome stores a finished request's outcome that had no effect to commit with it (a 4xx),

@@ -107,12 +107,12 @@ func TestAttemptsArePrunedAfterRetention(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	conv, err := db.CreateConversation(ctx, org.OrgID, engine.NewConversation{Status: engine.StatusOpen}, nil)
+	conv, _, err := db.CreateConversation(ctx, org.OrgID, engine.NewConversation{Status: engine.StatusOpen}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	post := func(text string) {
-		if _, err := db.PostMessage(ctx, engine.NewMessage{OrgID: org.OrgID, ConversationID: conv.Conversation.ID, Author: engine.AuthorAgent, Text: text}, nil); err != nil {
+		if _, _, err := db.PostMessage(ctx, engine.NewMessage{OrgID: org.OrgID, ConversationID: conv.Conversation.ID, Author: engine.AuthorAgent, Text: text}, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
