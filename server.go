@@ -16,6 +16,7 @@ import (
 
 	"github.com/awardee/awardee/blobs"
 	"github.com/awardee/awardee/engine"
+	"github.com/awardee/awardee/hooks"
 	"github.com/fasthttp/router"
 	"github.com/valyala/fasthttp"
 )
@@ -55,6 +56,7 @@ type server struct {
 	limits   *limiter
 	inflight *inflightKeys
 	attach   attacher
+	hooks    *hooks.Service
 	blobs    *blobs.Store
 	fetcher  *blobs.Fetcher
 	conns    connStats
@@ -73,7 +75,7 @@ func newServer(cfg Config, log *slog.Logger, out io.Writer) (*server, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	db, err := engine.Open(cfg.Data, engine.Options{OnMigrate: func(from, to uint64) {
+	db, err := engine.Open(cfg.Data, engine.Options{Buckets: hooks.Buckets, OnMigrate: func(from, to uint64) {
 		// The old file is rewritten in place, in one transaction: a copy made before this start
 		// (awardee backup, with the previous binary) is the way back.
 		log.Warn("migrating the database to this version's layout; a backup made with `awardee backup` before this start is the way back to the old version",
@@ -98,7 +100,16 @@ func newServer(cfg Config, log *slog.Logger, out io.Writer) (*server, error) {
 		db.Close()
 		return nil, err
 	}
+	schedule, _ := parseSchedule(cfg.WebhookRetrySchedule) // validated above
+	dial, checkURL := webhookGuard(cfg)
+	s.hooks, err = hooks.New(hooks.Options{DB: db, DialContext: dial, CheckURL: checkURL,
+		Schedule: schedule, AttemptRetention: cfg.EventRetention, SweepEvery: cfg.SweepEvery, Log: log})
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
 	s.metrics = newMetrics(db)
+	s.metrics.registry.MustRegister(s.hooks.Collectors()...)
 	s.limits = newLimiter(db)
 	s.maxConns = connectionCap(cfg.MaxConns, descriptorLimit())
 	if cfg.MaxConns > s.maxConns {
@@ -127,7 +138,13 @@ func newServer(cfg Config, log *slog.Logger, out io.Writer) (*server, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s.stopBackground = cancel
-	s.background.Add(3)
+	s.background.Add(4)
+	go func() {
+		defer s.background.Done()
+		if err := s.hooks.Run(ctx); err != nil {
+			log.Error("webhook workers stopped", "err", err)
+		}
+	}()
 	go func() {
 		defer s.background.Done()
 		ticker := time.NewTicker(cfg.SweepEvery)
@@ -144,6 +161,7 @@ func newServer(cfg Config, log *slog.Logger, out io.Writer) (*server, error) {
 	go func() {
 		defer s.background.Done()
 		db.RunMaintenance(ctx, engine.Maintenance{
+			KeepFrom:       s.hooks.KeepFrom,
 			EventRetention: cfg.EventRetention,
 			IdempotencyTTL: cfg.IdempotencyTTL,
 			Every:          cfg.SweepEvery,
@@ -290,6 +308,11 @@ func (s *server) routes() fasthttp.RequestHandler {
 	api("GET", "/assets", engine.KeyAPI, 200, pages.bound(s.listAssets))
 	api("GET", "/usage", engine.KeyAPI, 200, s.usage)
 	r.GET("/files/{org}/{file}", s.serveFile)
+	api("POST", "/webhooks", engine.KeyAPI, 201, s.createWebhook)
+	api("GET", "/webhooks", engine.KeyAPI, 200, s.listWebhooks)
+	api("DELETE", "/webhooks/{id}", engine.KeyAPI, 200, s.deleteWebhook)
+	api("GET", "/webhooks/{id}/deliveries", engine.KeyAPI, 200, s.listDeliveries)
+	api("POST", "/webhooks/{id}/deliveries/{delivery_id}/retry", engine.KeyAPI, 200, s.retryDelivery)
 
 	api("POST", "/widget/conversations", engine.KeyWidget, 201, s.widgetCreateConversation)
 	api("GET", "/widget/conversations/{id}", engine.KeyVisitor, 200, s.getConversation)

@@ -52,7 +52,14 @@ import (
 // declares its buckets in Options.Buckets and reaches them only through Tx.Bucket and
 // DB.ViewBucket. Their layouts are written here too, so every key of the file is in one place:
 //
-//	(none yet)
+//	hook_endpoints   org id · endpoint id                  → webhook endpoint (JSON, with its secret)
+//	hook_cursors     org id · endpoint id                  → offset (8, BE): the last event the
+//	                 endpoint's worker handled (delivered, filtered out, or parked in hook_owed)
+//	hook_deliveries  org id · endpoint id · ^ULID (16)     → delivery with its attempts (JSON); the
+//	                 delivery id's ULID complemented, so an endpoint's rows sort newest first
+//	hook_owed        org id · endpoint id · offset (8, BE) → state (1: 'p' pending, 'f' failed) ·
+//	                 next attempt unix ms (8, BE) · delivery id: deliveries waiting for a retry or
+//	                 failed and kept for a manual one; their events are kept from pruning
 var (
 	bucketOrgs     = []byte("orgs")
 	bucketKeys     = []byte("keys")

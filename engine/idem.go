@@ -220,6 +220,9 @@ type Maintenance struct {
 	EventRetention time.Duration
 	IdempotencyTTL time.Duration
 	Every          time.Duration
+	// KeepFrom, when set, gives the lowest offset of an org's log still owed to a consumer (a
+	// webhook cursor or retry); the event pruner keeps it and everything after it.
+	KeepFrom func(orgID string) uint64
 	// OnError reports a failed sweep, or a panicking one (with its stack); the next tick tries
 	// again.
 	OnError func(what string, err error)
@@ -234,7 +237,7 @@ func (db *DB) RunMaintenance(ctx context.Context, m Maintenance) {
 		}
 	}
 	sweepEvery(ctx, m.Every, func(ctx context.Context) {
-		_, err := db.PruneEvents(ctx, db.clock().Add(-m.EventRetention))
+		_, err := db.PruneEventsKeeping(ctx, db.clock().Add(-m.EventRetention), m.KeepFrom)
 		report("events", err)
 		_, err = db.PruneIdempotency(ctx, m.IdempotencyTTL)
 		report("idempotency keys", err)
