@@ -1,8 +1,8 @@
 package main
 
 import (
-	json "github.com/go-json-experiment/json"
 	"errors"
+	json "github.com/go-json-experiment/json"
 	"log/slog"
 
 	"github.com/awardee/awardee/engine"

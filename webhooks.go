@@ -8,7 +8,6 @@ import (
 	"github.com/awardee/awardee/blobs"
 	"github.com/awardee/awardee/engine"
 	"github.com/awardee/awardee/hooks"
-	json "github.com/go-json-experiment/json"
 )
 
 // Thin handlers of section 11: decode, call hooks, encode.
@@ -18,20 +17,7 @@ func (s *server) createWebhook(c *call) (any, error) {
 	if err := decodeJSON(c.ctx.PostBody(), &in, false); err != nil {
 		return nil, err
 	}
-	ep, err := s.hooks.Create(c.engineCtx, c.orgID(), in)
-	if err != nil || c.idem == nil {
-		return ep, err
-	}
-	// The endpoint and its stored outcome are two writes: a crash between them lets a retry
-	// with the same key register a second endpoint, which the caller can delete.
-	body, err := json.Marshal(ep)
-	if err != nil {
-		return nil, err
-	}
-	if err := s.db.SaveOutcome(c.engineCtx, c.orgID(), c.idem, c.idem.Status, body); err != nil {
-		s.log.Warn("idempotency outcome not stored", "request_id", requestID(c.ctx), "err", err)
-	}
-	return encodedReply(body), nil // the bytes a replay returns
+	return answer(s.hooks.Create(c.engineCtx, c.orgID(), in, c.idem))
 }
 
 func (s *server) listWebhooks(c *call) (any, error) { return s.hooks.List(c.orgID()) }

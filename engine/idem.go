@@ -97,6 +97,12 @@ func idemCreatedAt(raw []byte) (time.Time, bool) {
 
 func idemKey(orgID, key string) []byte { return []byte(orgID + key) }
 
+// Reply is reply for plug-ins whose writes answer keyed requests (webhook registration): the
+// outcome commits in the same unit as the change it reports.
+func (tx *Tx) Reply(orgID string, idem *Idempotency, result any) ([]byte, error) {
+	return tx.reply(orgID, idem, result)
+}
+
 // reply encodes result as the JSON the caller answers with and, for a keyed request, stores that
 // very encoding under idem's key, so the answer and any replay are the same bytes.
 func (tx *Tx) reply(orgID string, idem *Idempotency, result any) ([]byte, error) {

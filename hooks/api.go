@@ -28,7 +28,7 @@ const maxURLLength = 2048
 // NewEndpoint is the body of POST /webhooks.
 type NewEndpoint struct {
 	URL        *string  `json:"url"`
-	EventTypes []string `json:"event_types"`
+	EventTypes []string `json:"events"`
 }
 
 // Page is the contract's list shape.
@@ -62,23 +62,24 @@ func validation(field, format string, args ...any) *engine.Error {
 // Create registers an endpoint for orgID and starts its worker. The endpoint is owed every event
 // committed after the org's latest offset as read just before its creation: it may also get an
 // event committed in that instant, never miss one committed after it exists. The answer is the
-// only one that shows the secret.
-func (s *Service) Create(ctx context.Context, orgID string, in NewEndpoint) (Endpoint, error) {
+// only one that shows the secret. For a keyed request the answer is stored as its outcome by the
+// same write as the endpoint, and returned encoded: the bytes a replay returns.
+func (s *Service) Create(ctx context.Context, orgID string, in NewEndpoint, idem *engine.Idempotency) (Endpoint, []byte, error) {
 	if in.URL == nil || *in.URL == "" {
-		return Endpoint{}, validation("url", "url is required")
+		return Endpoint{}, nil, validation("url", "url is required")
 	}
 	if len(*in.URL) > maxURLLength {
-		return Endpoint{}, validation("url", "url is longer than %d bytes", maxURLLength)
+		return Endpoint{}, nil, validation("url", "url is longer than %d bytes", maxURLLength)
 	}
 	types := []string{anyType}
 	if in.EventTypes != nil {
 		if len(in.EventTypes) == 0 {
-			return Endpoint{}, validation("event_types", "event_types must name at least one type (or be left out for every type)")
+			return Endpoint{}, nil, validation("events", "events must name at least one type (or be left out for every type)")
 		}
 		types = nil
 		for _, t := range in.EventTypes {
 			if t != anyType && !slices.Contains(EventTypes, t) {
-				return Endpoint{}, validation("event_types", "%q is not an event type (%s, or * for every type)", t, strings.Join(EventTypes, ", "))
+				return Endpoint{}, nil, validation("events", "%q is not an event type (%s, or * for every type)", t, strings.Join(EventTypes, ", "))
 			}
 			if !slices.Contains(types, t) {
 				types = append(types, t)
@@ -95,14 +96,15 @@ func (s *Service) Create(ctx context.Context, orgID string, in NewEndpoint) (End
 			e = engine.Errorf(engine.CodeInvalidPayload, "the url is refused: %s", err.Error()).
 				WithDetails(map[string]any{"field": "url", "reason": "unsafe_host"})
 		}
-		return Endpoint{}, e
+		return Endpoint{}, nil, e
 	}
 	_, latest, err := s.db.LogBounds(orgID)
 	if err != nil {
-		return Endpoint{}, err
+		return Endpoint{}, nil, err
 	}
 	rec := endpointRecord{OrgID: orgID, Endpoint: Endpoint{ID: newID(PrefixEndpoint), URL: *in.URL, EventTypes: types,
 		Status: StatusActive, CreatedAt: stamp(s.opts.Now()), Secret: newSecret()}}
+	var body []byte
 	err = s.db.Update(ctx, func(tx *engine.Tx) error {
 		bs, err := openBuckets(tx)
 		if err != nil {
@@ -118,15 +120,19 @@ func (s *Service) Create(ctx context.Context, orgID string, in NewEndpoint) (End
 		if err := putJSON(bs.endpoints, endpointKey(orgID, rec.ID), rec); err != nil {
 			return err
 		}
-		return bs.cursors.Put(endpointKey(orgID, rec.ID), u64(latest))
+		if err := bs.cursors.Put(endpointKey(orgID, rec.ID), u64(latest)); err != nil {
+			return err
+		}
+		body, err = tx.Reply(orgID, idem, rec.Endpoint)
+		return err
 	})
 	if err != nil {
-		return Endpoint{}, err
+		return Endpoint{}, nil, err
 	}
 	s.mu.Lock()
 	s.startLocked(rec)
 	s.mu.Unlock()
-	return rec.Endpoint, nil
+	return rec.Endpoint, body, nil
 }
 
 // List returns the org's endpoints, oldest first, without their secrets.

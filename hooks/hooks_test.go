@@ -99,11 +99,11 @@ func TestAttemptsArePrunedAfterRetention(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	good, err := svc.Create(ctx, org.OrgID, NewEndpoint{URL: &up.URL})
+	good, _, err := svc.Create(ctx, org.OrgID, NewEndpoint{URL: &up.URL}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	bad, err := svc.Create(ctx, org.OrgID, NewEndpoint{URL: &down.URL})
+	bad, _, err := svc.Create(ctx, org.OrgID, NewEndpoint{URL: &down.URL}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

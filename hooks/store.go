@@ -57,7 +57,7 @@ const (
 type Endpoint struct {
 	ID         string      `json:"id"`
 	URL        string      `json:"url"`
-	EventTypes []string    `json:"event_types"`
+	EventTypes []string    `json:"events"`
 	Status     string      `json:"status"`
 	CreatedAt  engine.Time `json:"created_at"`
 	Secret     string      `json:"secret,omitempty"`
