@@ -197,14 +197,9 @@ func (s *Service) KeepFrom(orgID string) uint64 {
 func (s *Service) allEndpoints() ([]endpointRecord, error) {
 	var out []endpointRecord
 	err := s.db.ViewBucket(bucketEndpoints, func(b engine.Bucket) error {
-		return b.Scan(nil, func(_, v []byte) (bool, error) {
-			rec, err := decodeEndpoint(v)
-			if err != nil {
-				return false, err
-			}
-			out = append(out, *rec)
-			return true, nil
-		})
+		var err error
+		out, err = orgEndpoints(b, "") // every org's: the empty prefix
+		return err
 	})
 	return out, err
 }
