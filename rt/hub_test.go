@@ -301,7 +301,7 @@ func TestShutdownClosesEveryConnectionWithGoingAway(t *testing.T) {
 // A reader that stops reading is closed with 4008 once its queue overflows, while a fast reader
 // on the same org receives every event.
 func TestSlowReaderIsClosedWhileFastReadersKeepUp(t *testing.T) {
-	th := newTestHub(t, Options{SendQueue: 4})
+	th := newTestHub(t, Options{SendQueue: 64})
 	org := th.newOrg(t)
 	conv := th.newConv(t, org.OrgID, engine.StatusOpen)
 
