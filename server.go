@@ -121,10 +121,8 @@ func newServer(cfg Config, log *slog.Logger, out io.Writer) (*server, error) {
 	s.hub = rt.New(db, rt.Options{Log: log})
 	s.metrics.watchRealtime(s.hub)
 	s.http = &fasthttp.Server{
-		Handler: s.routes(),
-		Name:    "awardee",
-		// Only /realtime hijacks: its hub owns the sockets, and fasthttp frees the request.
-		KeepHijackedConns:  true,
+		Handler:            s.routes(),
+		Name:               "awardee",
 		MaxRequestBodySize: maxBodySize,
 		ReadBufferSize:     readBufferSize,
 		// The listener is the connection cap; fasthttp's own must never be the one that bites,
@@ -141,6 +139,8 @@ func newServer(cfg Config, log *slog.Logger, out io.Writer) (*server, error) {
 		IdleTimeout:  2 * time.Minute,
 		ErrorHandler: s.transportError,
 		Logger:       fasthttpLogger{log},
+		// Only /realtime hijacks: its hub owns those sockets, so fasthttp frees the request.
+		KeepHijackedConns: true,
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s.stopBackground = cancel

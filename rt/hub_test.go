@@ -122,7 +122,7 @@ func TestResumeHasNoGapAndNoDuplicate(t *testing.T) {
 	var count atomic.Int64
 	post := func() {
 		if n := count.Add(1); n <= posts {
-			if _, err := th.db.PostMessage(context.Background(), engine.NewMessage{
+			if _, _, err := th.db.PostMessage(context.Background(), engine.NewMessage{
 				OrgID: org.OrgID, ConversationID: conv.Conversation.ID, Author: engine.AuthorAgent, Text: fmt.Sprint("m", n),
 			}, nil); err != nil {
 				t.Error(err)
