@@ -141,7 +141,12 @@ func TestAttachmentsAreFetchedStoredAndServed(t *testing.T) {
 	if !bytes.Equal(part.Body, src.png[1:5]) || part.Header.Get("Content-Range") != fmt.Sprintf("bytes 1-4/%d", len(src.png)) {
 		t.Fatalf("range: %q %v", part.Body, part.Header.Get("Content-Range"))
 	}
-	mustStatus(t, ts.do(t, "GET", path, "", nil, "Range", "bytes=9999-"), 416)
+	if r := mustStatus(t, ts.do(t, "GET", path, "", nil, "Range", "bytes=9999-"), 416); r.Header.Get("Cache-Control") != "no-store" {
+		t.Fatalf("a 416 is cacheable: %q", r.Header.Get("Cache-Control"))
+	}
+	if r := mustStatus(t, ts.do(t, "GET", path, "", nil, "Range", "bytes=0-1,3-4"), 200); !bytes.Equal(r.Body, src.png) {
+		t.Fatal("several ranges were not answered with the whole file")
+	}
 	mustStatus(t, ts.do(t, "GET", strings.Replace(path, org.OrgID, other.OrgID, 1), "", nil), 404)
 	mustStatus(t, ts.do(t, "GET", strings.TrimSuffix(path, ".png")+".gif", "", nil), 404)
 	mustStatus(t, ts.do(t, "GET", "/files/"+org.OrgID+"/"+strings.Repeat("0", 64)+".png", "", nil), 404)

@@ -485,3 +485,39 @@ func TestServeRefusesANewerDataDirectory(t *testing.T) {
 		t.Fatalf("serve on a newer file: %v\n%s", err, out)
 	}
 }
+
+// One-shot commands never migrate: backup copies an older file as it is (the way back to the
+// binary that wrote it), and the commands that write refuse it, pointing at serve.
+func TestOfflineCommandsLeaveAnOlderFileAsItIs(t *testing.T) {
+	dir := t.TempDir()
+	original, err := os.ReadFile("testdata/schema-v1/awardee.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, engine.DatabaseFile), original, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "copy.db")
+	if err := run([]string{"backup", "--data", dir, out}, io.Discard, io.Discard); err != nil {
+		t.Fatalf("backup of an older file: %v", err)
+	}
+	err = run([]string{"key", "create", "--data", dir, "--org", "org_01M8S3HEMC05MQJ7NFQBCXNVM0"}, io.Discard, io.Discard)
+	if !errors.Is(err, engine.ErrOlderSchema) {
+		t.Fatalf("key create on an older file: %v, want ErrOlderSchema", err)
+	}
+	for _, path := range []string{filepath.Join(dir, engine.DatabaseFile), out} {
+		db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var version uint64
+		db.View(func(tx *bolt.Tx) error {
+			version = binary.BigEndian.Uint64(tx.Bucket([]byte("meta")).Get([]byte("schema")))
+			return nil
+		})
+		db.Close()
+		if version != 1 {
+			t.Fatalf("%s is at schema %d after offline commands, want 1 as written", filepath.Base(path), version)
+		}
+	}
+}

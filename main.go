@@ -146,7 +146,7 @@ func openOffline(dir string) (*engine.DB, error) {
 	if dir == "" {
 		return nil, errors.New("--data is required")
 	}
-	db, err := engine.Open(dir, engine.Options{LockTimeout: time.Second})
+	db, err := engine.Open(dir, engine.Options{LockTimeout: time.Second, NoMigrate: true})
 	if errors.Is(err, engine.ErrLocked) {
 		return nil, fmt.Errorf("%w; stop the server first", err)
 	}
@@ -264,12 +264,11 @@ func backupCommand(args []string, stdout io.Writer) error {
 	if _, err := os.Stat(*dir); err != nil {
 		return fmt.Errorf("data directory: %w", err)
 	}
-	db, err := openOffline(*dir)
-	if err != nil {
-		return err
+	err := engine.BackupDir(*dir, fs.Arg(0), time.Second)
+	if errors.Is(err, engine.ErrLocked) {
+		return fmt.Errorf("%w; stop the server first", err)
 	}
-	defer db.Close()
-	if err := db.BackupFile(fs.Arg(0)); err != nil {
+	if err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "backup written to %s\n", fs.Arg(0))

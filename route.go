@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"strconv"
 	"strings"
 	"sync"
@@ -137,6 +138,12 @@ func (s *server) finish(c *call, okStatus int, h handler) {
 	}
 	if page, ok := result.(selfWriting); ok && err == nil {
 		page.writeResponse(c.ctx, okStatus) // a list page, encoded under its bound (shed.go)
+		return
+	}
+	if err == nil && c.idem != nil {
+		// A keyed write must have stored its outcome with its effect (encodedReply); a handler
+		// that returns anything else under a key would answer without a record.
+		s.writeError(c.ctx, fmt.Errorf("a keyed request's handler returned %T instead of its stored reply", result))
 		return
 	}
 	if err == nil {

@@ -35,7 +35,7 @@ func (s *server) listDeliveries(c *call) (any, error) {
 }
 
 func (s *server) retryDelivery(c *call) (any, error) {
-	return s.hooks.Retry(c.engineCtx, c.orgID(), c.param("id"), c.param("delivery_id"))
+	return answer(s.hooks.Retry(c.engineCtx, c.orgID(), c.param("id"), c.param("delivery_id"), c.idem))
 }
 
 // webhookGuard is the address rules of section 9, shared with attachment fetches: a URL is

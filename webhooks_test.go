@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
@@ -289,9 +290,16 @@ func TestWebhookFailedScheduleThenManualRetry(t *testing.T) {
 	mu.Lock()
 	down = false
 	mu.Unlock()
-	r := mustStatus(t, ts.do(t, "POST", "/webhooks/"+id+"/deliveries/"+page.Data[0].ID+"/retry", org.APIKey, nil), 200).JSON(t)
+	retryPath := "/webhooks/" + id + "/deliveries/" + page.Data[0].ID + "/retry"
+	first := mustStatus(t, ts.do(t, "POST", retryPath, org.APIKey, nil, "Idempotency-Key", "retry-once"), 200)
+	r := first.JSON(t)
 	if r["status"] != "succeeded" || len(rcv.deliveries()) != 4 {
 		t.Fatalf("manual retry answered %v after %d attempts", r, len(rcv.deliveries()))
+	}
+	// The same keyed retry again (a client that lost the answer) replays it and sends nothing.
+	replay := mustStatus(t, ts.do(t, "POST", retryPath, org.APIKey, nil, "Idempotency-Key", "retry-once"), 200)
+	if replay.Header.Get("Idempotent-Replayed") != "true" || !bytes.Equal(replay.Body, first.Body) || len(rcv.deliveries()) != 4 {
+		t.Fatalf("a keyed retry again: replayed %q, %d attempts", replay.Header.Get("Idempotent-Replayed"), len(rcv.deliveries()))
 	}
 	json.Unmarshal(ts.do(t, "GET", "/webhooks", org.APIKey, nil).Body, &endpoints)
 	if endpoints.Data[0].Status != "active" {

@@ -12,7 +12,10 @@ import (
 // Serve answers an HTTP GET for the blob named h as contentType: the bytes after they are checked
 // against their hash, a strong ETag (the hash), 304 for a matching If-None-Match, immutable
 // caching (a blob's name is its content, so it can never change), nosniff, and a single byte
-// range (206, or 416 for a range outside the blob). It returns an error, having written nothing,
+// range (206, or 416 for one that starts past the end; a Range it does not support, such as
+// several ranges or another unit, is ignored as RFC 9110 allows: 200 with every byte). Only
+// 200, 206 and 304 carry the year-long caching; a 416 is no-store, so no shared cache keeps a
+// refusal under the file's URL. It returns an error, having written nothing,
 // when the blob cannot be served (ErrNotFound, ErrCorrupt, a read failure); the caller answers
 // those in its own envelope. Whether the caller may see h at all is the caller's decision.
 func (s *Store) Serve(ctx *fasthttp.RequestCtx, h Hash, contentType string) error {
@@ -26,20 +29,22 @@ func (s *Store) Serve(ctx *fasthttp.RequestCtx, h Hash, contentType string) erro
 	if err != nil {
 		return err
 	}
-	setImmutable(ctx, etag)
 	size := blob.Size()
 	offset, length := int64(0), size
-	if r := ctx.Request.Header.Peek("Range"); len(r) > 0 && size > 0 {
-		first, last, err := fasthttp.ParseByteRange(r, int(size))
-		if err != nil {
-			blob.Close()
-			ctx.Response.Header.Set("Content-Range", "bytes */"+strconv.FormatInt(size, 10))
-			ctx.SetStatusCode(fasthttp.StatusRequestedRangeNotSatisfiable)
-			return nil
-		}
-		offset, length = int64(first), int64(last-first+1)
-		ctx.Response.Header.SetContentRange(first, last, int(size))
+	switch first, last, ok := byteRange(ctx.Request.Header.Peek("Range"), size); {
+	case !ok:
+		blob.Close()
+		ctx.Response.Header.Set("Cache-Control", "no-store")
+		ctx.Response.Header.Set("Content-Range", "bytes */"+strconv.FormatInt(size, 10))
+		ctx.SetStatusCode(fasthttp.StatusRequestedRangeNotSatisfiable)
+		return nil
+	case first >= 0:
+		setImmutable(ctx, etag)
+		offset, length = first, last-first+1
+		ctx.Response.Header.SetContentRange(int(first), int(last), int(size))
 		ctx.SetStatusCode(fasthttp.StatusPartialContent)
+	default:
+		setImmutable(ctx, etag)
 	}
 	ctx.SetContentType(contentType)
 	// fasthttp closes the stream once it is sent (or the connection is gone).
@@ -71,4 +76,52 @@ func etagMatches(header []byte, etag string) bool {
 		}
 	}
 	return false
+}
+
+// byteRange reads a Range header for a blob of size bytes. It returns the one range to send
+// (first ≥ 0), or first < 0 to send the whole blob (no header, or one this server ignores:
+// another unit, several ranges, bad syntax), or ok false for a single bytes range that no byte
+// of the blob satisfies.
+func byteRange(header []byte, size int64) (first, last int64, ok bool) {
+	spec, found := bytes.CutPrefix(bytes.TrimSpace(header), []byte("bytes="))
+	if !found || bytes.IndexByte(spec, ',') >= 0 {
+		return -1, -1, true
+	}
+	from, to, found := bytes.Cut(bytes.TrimSpace(spec), []byte("-"))
+	if !found {
+		return -1, -1, true
+	}
+	parse := func(b []byte) (int64, bool) {
+		if len(b) == 0 {
+			return 0, false
+		}
+		n, err := strconv.ParseInt(string(b), 10, 64)
+		return n, err == nil && n >= 0
+	}
+	if len(from) == 0 { // a suffix: the last n bytes
+		n, valid := parse(to)
+		if !valid {
+			return -1, -1, true
+		}
+		if n == 0 || size == 0 {
+			return -1, -1, false
+		}
+		return max(0, size-n), size - 1, true
+	}
+	start, valid := parse(from)
+	if !valid {
+		return -1, -1, true
+	}
+	end := size - 1
+	if len(to) > 0 {
+		e, valid := parse(to)
+		if !valid || e < start {
+			return -1, -1, true
+		}
+		end = min(e, size-1)
+	}
+	if start >= size {
+		return -1, -1, false
+	}
+	return start, end, true
 }

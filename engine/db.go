@@ -104,9 +104,12 @@ var migrations = map[uint64]func(*bolt.Tx) error{
 // guesses at layouts it does not know.
 var ErrNewerSchema = errors.New("the database was written by a newer version of awardee")
 
+// ErrOlderSchema is returned by Open with NoMigrate for a file of an older schema.
+var ErrOlderSchema = errors.New("the database is of an older version; start `awardee serve` once to migrate it (`awardee backup` first copies it as it is)")
+
 // checkSchema stamps a new file, migrates an older one step by step (telling onMigrate first),
 // and refuses a newer one.
-func checkSchema(tx *bolt.Tx, onMigrate func(from, to uint64)) error {
+func checkSchema(tx *bolt.Tx, onMigrate func(from, to uint64), noMigrate bool) error {
 	meta := tx.Bucket(bucketMeta)
 	v := meta.Get(schemaKey)
 	if v == nil {
@@ -118,6 +121,9 @@ func checkSchema(tx *bolt.Tx, onMigrate func(from, to uint64)) error {
 	version := binary.BigEndian.Uint64(v)
 	if version > schemaVersion {
 		return fmt.Errorf("%w: schema version %d, this build reads up to %d", ErrNewerSchema, version, schemaVersion)
+	}
+	if version < schemaVersion && noMigrate {
+		return fmt.Errorf("%w (schema version %d, this build writes %d)", ErrOlderSchema, version, schemaVersion)
 	}
 	if version < schemaVersion && onMigrate != nil {
 		onMigrate(version, schemaVersion)
@@ -180,6 +186,9 @@ type Options struct {
 	// OnMigrate, when set, is told before an older file is migrated to this build's layout, so
 	// the caller can say so (and that `awardee backup` keeps a copy of the old file first).
 	OnMigrate func(from, to uint64)
+	// NoMigrate refuses an older file with ErrOlderSchema instead of migrating it: one-shot
+	// commands leave the migration to serve, which says so in its log.
+	NoMigrate bool
 }
 
 // DB is an open Awardee database. All writes go through its commit loop; reads run in their own
@@ -272,7 +281,7 @@ func Open(dir string, opts Options) (*DB, error) {
 					return err
 				}
 			}
-			if err := checkSchema(tx, opts.OnMigrate); err != nil {
+			if err := checkSchema(tx, opts.OnMigrate, opts.NoMigrate); err != nil {
 				return err
 			}
 			key, err := ensureCursorKey(tx.Bucket(bucketMeta))
@@ -385,7 +394,34 @@ func (db *DB) Backup(w io.Writer) (int64, error) {
 // BackupFile writes a consistent copy to path, fsync'd, via a temporary file beside it and a
 // rename, so a crash never leaves a truncated backup under the final name, and no failure leaves
 // the temporary copy behind. path must name a file (new or to replace), not a directory.
-func (db *DB) BackupFile(path string) (err error) {
+func (db *DB) BackupFile(path string) error { return writeBackup(db.bolt, path) }
+
+// BackupDir writes a consistent copy of the database in a stopped server's data directory to
+// path, as BackupFile does, opening the file read-only: a file of an older schema is copied as it
+// is, not migrated, so the copy is the way back to the binary that wrote it. A server holding the
+// directory makes it fail with ErrLocked.
+func BackupDir(dir, path string, lockTimeout time.Duration) error {
+	file := filepath.Join(dir, DatabaseFile)
+	if _, err := os.Stat(file); err != nil {
+		return err
+	}
+	var b *bolt.DB
+	err := recovered(func() error {
+		var err error
+		b, err = bolt.Open(file, 0o600, &bolt.Options{ReadOnly: true, Timeout: lockTimeout})
+		return err
+	})
+	if errors.Is(err, bolterrors.ErrTimeout) {
+		return fmt.Errorf("%s: %w", file, ErrLocked)
+	}
+	if err != nil {
+		return damaged(file, err.Error())
+	}
+	defer b.Close()
+	return recovered(func() error { return writeBackup(b, path) })
+}
+
+func writeBackup(b *bolt.DB, path string) (err error) {
 	if info, statErr := os.Stat(path); statErr == nil && info.IsDir() {
 		return fmt.Errorf("%s is a directory; name the file to write, such as %s", path, filepath.Join(path, DatabaseFile))
 	}
@@ -401,7 +437,7 @@ func (db *DB) BackupFile(path string) (err error) {
 			os.Remove(tmp)
 		}
 	}()
-	if _, err = db.Backup(f); err != nil {
+	if err = b.View(func(tx *bolt.Tx) error { _, err := tx.WriteTo(f); return err }); err != nil {
 		return err
 	}
 	if err = f.Sync(); err != nil {

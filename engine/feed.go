@@ -47,6 +47,11 @@ func (f *feed) publish(events []Event) {
 		return
 	}
 	f.mu.Lock()
+	// The byte bound evicts only events of earlier batches: a batch's own events are always
+	// there for subscribers to read, however large the batch, so one org's big batch cannot push
+	// every consumer behind the ring at once. A batch is bounded by MaxBatch units, and so the
+	// ring's bytes by its last batch plus feedMaxBytes.
+	batchStart := f.head
 	for _, ev := range events {
 		if f.head-f.tail == feedCapacity {
 			f.evictOldest()
@@ -54,7 +59,7 @@ func (f *feed) publish(events []Event) {
 		f.head++
 		f.ring[f.head%feedCapacity] = ev
 		f.bytes += len(ev.Data)
-		for f.bytes > feedMaxBytes && f.head-f.tail > 1 {
+		for f.bytes > feedMaxBytes && f.tail < batchStart {
 			f.evictOldest()
 		}
 	}

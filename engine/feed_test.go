@@ -321,3 +321,26 @@ func TestResumeFrom(t *testing.T) {
 		t.Errorf("resume after 5 with offset 6 kept = %v, %v; want a plain replay", resync, err)
 	}
 }
+
+// A batch larger than the byte bound keeps all of its own events for subscribers: the bound
+// evicts earlier batches only, so one big batch cannot put every consumer behind the ring.
+func TestFeedKeepsABigBatchWhole(t *testing.T) {
+	f := newFeed()
+	sub := &Subscription{feed: f, name: "test"}
+	f.subs[sub] = struct{}{}
+	f.publish([]Event{{Offset: 1, Data: make([]byte, 10)}})
+	sub.pos = f.head
+	batch := make([]Event, 40)
+	for i := range batch {
+		batch[i] = Event{Offset: uint64(i + 2), Data: make([]byte, 1<<20)}
+	}
+	f.publish(batch)
+	evs, err := sub.Next(context.Background(), 100)
+	if err != nil || len(evs) != len(batch) {
+		t.Fatalf("read %d events (%v) of a 40 MiB batch, want all %d", len(evs), err, len(batch))
+	}
+	f.publish([]Event{{Offset: 42, Data: make([]byte, 10)}})
+	if f.bytes > feedMaxBytes {
+		t.Fatalf("after the next batch the ring still holds %d bytes, over %d", f.bytes, feedMaxBytes)
+	}
+}

@@ -250,12 +250,12 @@ func (s *Service) Deliveries(orgID, endpointID, after string, limit int) (Page[D
 // Retry sends a failed delivery again at once and records the attempt; success settles it and
 // makes the endpoint active again. Only a failed delivery can be retried: a pending one is
 // already on its schedule.
-func (s *Service) Retry(ctx context.Context, orgID, endpointID, deliveryID string) (Delivery, error) {
+func (s *Service) Retry(ctx context.Context, orgID, endpointID, deliveryID string, idem *engine.Idempotency) (Delivery, []byte, error) {
 	if !engine.ValidID(PrefixEndpoint, endpointID) {
-		return Delivery{}, errEndpointGone
+		return Delivery{}, nil, errEndpointGone
 	}
 	if !engine.ValidID(PrefixDelivery, deliveryID) {
-		return Delivery{}, errDeliveryNotFound
+		return Delivery{}, nil, errDeliveryNotFound
 	}
 	var ep *endpointRecord
 	if err := s.db.ViewBucket(bucketEndpoints, func(b engine.Bucket) error {
@@ -263,7 +263,7 @@ func (s *Service) Retry(ctx context.Context, orgID, endpointID, deliveryID strin
 		ep, err = getEndpoint(b, orgID, endpointID)
 		return err
 	}); err != nil {
-		return Delivery{}, err
+		return Delivery{}, nil, err
 	}
 	var d *Delivery
 	if err := s.db.ViewBucket(bucketDeliveries, func(b engine.Bucket) error {
@@ -271,23 +271,24 @@ func (s *Service) Retry(ctx context.Context, orgID, endpointID, deliveryID strin
 		d, err = getDelivery(b, orgID, endpointID, deliveryID)
 		return err
 	}); err != nil {
-		return Delivery{}, err
+		return Delivery{}, nil, err
 	}
 	if d.Status != DeliveryFailed {
-		return Delivery{}, engine.Errorf(engine.CodeInvalidState, "only a failed delivery can be retried; this one is %s", d.Status).
+		return Delivery{}, nil, engine.Errorf(engine.CodeInvalidState, "only a failed delivery can be retried; this one is %s", d.Status).
 			WithDetails(map[string]any{"status": d.Status})
 	}
 	ev, found, err := s.event(orgID, d.Offset)
 	if err != nil {
-		return Delivery{}, err
+		return Delivery{}, nil, err
 	}
 	if !found {
-		return Delivery{}, engine.Errorf(engine.CodeInvalidState, "the delivery's event is no longer in the log")
+		return Delivery{}, nil, engine.Errorf(engine.CodeInvalidState, "the delivery's event is no longer in the log")
 	}
 	client := s.newClient()
 	defer client.CloseIdleConnections()
 	att := send(ctx, s, client, ep.URL, signingKey(ep.Secret), ev)
 	var out Delivery
+	var body []byte
 	err = s.db.Update(ctx, func(tx *engine.Tx) error {
 		bs, err := openBuckets(tx)
 		if err != nil {
@@ -312,10 +313,15 @@ func (s *Service) Retry(ctx context.Context, orgID, endpointID, deliveryID strin
 			}
 		}
 		out = *rec
-		return putJSON(bs.deliveries, deliveryKey(orgID, endpointID, deliveryID), rec)
+		if err := putJSON(bs.deliveries, deliveryKey(orgID, endpointID, deliveryID), rec); err != nil {
+			return err
+		}
+		body, err = tx.Reply(orgID, idem, out)
+		return err
 	})
-	if err == nil {
-		s.m.delivered(out.Status)
+	if err != nil {
+		return Delivery{}, nil, err
 	}
-	return out, err
+	s.m.delivered(out.Status)
+	return out, body, nil
 }
