@@ -205,6 +205,9 @@ func (c *conn) subscribe(req authRequest) {
 			break
 		}
 	}
+	if h.beforeLive != nil {
+		h.beforeLive()
+	}
 	h.switchLive(c)
 }
 

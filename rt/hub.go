@@ -105,6 +105,10 @@ type Hub struct {
 	liveDone chan struct{}
 	conns    sync.WaitGroup // connection handlers still running
 
+	// beforeLive, when set by a test, runs between a connection's replay and its switch to
+	// live delivery: the moment an event committed then must not be lost or doubled.
+	beforeLive func()
+
 	framesSent   atomic.Uint64
 	slowCloses   atomic.Uint64
 	replayed     atomic.Uint64

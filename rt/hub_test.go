@@ -7,6 +7,7 @@ import (
 	"net"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -85,6 +86,9 @@ func TestVisitorSeesOnlyItsConversation(t *testing.T) {
 	teamB := th.dial(t)
 	teamB.auth(orgB.APIKey, -1)
 	teamB.expectType("ready")
+	teamA := th.dial(t) // org A's events then always have a receiver
+	teamA.auth(orgA.APIKey, -1)
+	teamA.expectType("ready")
 
 	th.post(t, orgA.OrgID, sibling.Conversation.ID, "sibling, live")
 	th.post(t, orgB.OrgID, foreign.Conversation.ID, "other org")
@@ -95,6 +99,11 @@ func TestVisitorSeesOnlyItsConversation(t *testing.T) {
 	}
 	if f := teamB.expectType("new_message"); f.ConversationID != foreign.Conversation.ID {
 		t.Fatalf("org B got %s, want only org B's message", f.raw)
+	}
+	for _, want := range []string{"sibling, live", "mine"} {
+		if f := teamA.expectType("new_message"); f.Message.Text != want {
+			t.Fatalf("org A got %s, want %q", f.raw, want)
+		}
 	}
 	th.post(t, orgB.OrgID, foreign.Conversation.ID, "other org again")
 	if f := teamB.expectType("new_message"); f.Message.Text != "other org again" {
@@ -108,21 +117,36 @@ func TestResumeHasNoGapAndNoDuplicate(t *testing.T) {
 	th := newTestHub(t, Options{})
 	org := th.newOrg(t)
 	conv := th.newConv(t, org.OrgID, engine.StatusOpen)
-	const posts = 300
-
+	const posts = 400
+	var count atomic.Int64
+	post := func() {
+		if n := count.Add(1); n <= posts {
+			if _, err := th.db.PostMessage(context.Background(), engine.NewMessage{
+				OrgID: org.OrgID, ConversationID: conv.Conversation.ID, Author: engine.AuthorAgent, Text: fmt.Sprint("m", n),
+			}, nil); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	// Half the posts come from a steady writer, half exactly while a connection switches from
+	// the log to live delivery.
+	th.hub.beforeLive = func() {
+		if rand.IntN(2) == 0 {
+			post()
+		}
+	}
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		for i := range posts {
-			if _, err := th.db.PostMessage(context.Background(), engine.NewMessage{
-				OrgID: org.OrgID, ConversationID: conv.Conversation.ID, Author: engine.AuthorAgent, Text: fmt.Sprint("m", i),
-			}, nil); err != nil {
-				t.Error(err)
-				return
-			}
+		for count.Load() < posts {
+			post()
 		}
 	}()
+	t.Cleanup(func() { // before the hub and database close, also when the test fails early
+		count.Store(posts)
+		wg.Wait()
+	})
 
 	var last uint64
 	rounds := 0
