@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/awardee/awardee/engine"
+	"github.com/awardee/awardee/rt"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -61,6 +62,9 @@ func (m *metrics) observe(route string, ctx *fasthttp.RequestCtx, start time.Tim
 func (m *metrics) messagePosted(source string) { m.messages.WithLabelValues(source).Inc() }
 
 // watchConnections exports the listener's counters.
+// watchRealtime reports the WebSocket hub (realtime.go).
+func (m *metrics) watchRealtime(h *rt.Hub) { m.registry.MustRegister(newRealtimeCollector(h)) }
+
 func (m *metrics) watchConnections(c *connStats) {
 	m.registry.MustRegister(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "awardee_http_open_connections", Help: "Client connections open now."},

@@ -16,6 +16,7 @@ import (
 
 	"github.com/awardee/awardee/blobs"
 	"github.com/awardee/awardee/engine"
+	"github.com/awardee/awardee/rt"
 	"github.com/fasthttp/router"
 	"github.com/valyala/fasthttp"
 )
@@ -59,6 +60,7 @@ type server struct {
 	fetcher  *blobs.Fetcher
 	conns    connStats
 	maxConns int
+	hub      *rt.Hub
 
 	stopBackground context.CancelFunc
 	background     sync.WaitGroup
@@ -100,6 +102,8 @@ func newServer(cfg Config, log *slog.Logger, out io.Writer) (*server, error) {
 		log.Warn("--max-conns lowered to what the file-descriptor limit allows", "asked", cfg.MaxConns, "max_conns", s.maxConns)
 	}
 	s.metrics.watchConnections(&s.conns)
+	s.hub = rt.New(db, rt.Options{Log: log})
+	s.metrics.watchRealtime(s.hub)
 	s.http = &fasthttp.Server{
 		Handler:            s.routes(),
 		Name:               "awardee",
@@ -194,6 +198,11 @@ func (s *server) Close(ctx context.Context) error {
 			drainErr = errDrainTimedOut
 		} else if err != nil {
 			s.log.Warn("http shutdown", "err", err)
+		}
+		// WebSockets are hijacked, so the drain does not wait for them: they get 1001 now,
+		// while the database they replay from is still open.
+		if err := s.hub.Close(ctx); err != nil {
+			s.log.Warn("realtime shutdown cut connections", "err", err)
 		}
 		s.stopBackground()
 		s.background.Wait()
@@ -298,6 +307,7 @@ func (s *server) routes() fasthttp.RequestHandler {
 
 	r.GET("/healthz", s.healthz)
 	r.GET("/metrics", s.metricsHandler())
+	r.GET("/realtime", s.realtime())
 
 	r.NotFound = func(ctx *fasthttp.RequestCtx) {
 		start := time.Now()

@@ -10,12 +10,13 @@ import (
 	"time"
 
 	"github.com/awardee/awardee/engine"
+	"github.com/awardee/awardee/internal/testkit"
 	"github.com/fasthttp/websocket"
 	"github.com/valyala/fasthttp"
 )
 
 // waitTimeout bounds every wait of these tests; it is only reached when a test fails.
-const waitTimeout = 20 * time.Second
+const waitTimeout = testkit.Timeout
 
 // testHub is a real database in a temporary directory, a hub on it and a real fasthttp server on
 // a loopback port serving the hub at /realtime.
@@ -202,18 +203,6 @@ func (c *client) expectClose(code int) []frame {
 			c.t.Fatalf("close code %d (%q), want %d", ce.Code, ce.Text, code)
 		}
 		return got
-	}
-}
-
-// waitFor polls cond until it holds or the wait times out.
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }
 

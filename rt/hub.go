@@ -7,6 +7,7 @@ package rt
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"log/slog"
 	"sync"
@@ -140,6 +141,7 @@ func New(db *engine.DB, opts Options) *Hub {
 			// here: the token in the first frame is the only credential, so any origin may
 			// connect.
 			CheckOrigin: func(*fasthttp.RequestCtx) bool { return true },
+			Error:       refuseUpgrade,
 		},
 		orgs:     map[string]*orgConns{},
 		all:      map[*conn]struct{}{},
@@ -155,12 +157,22 @@ func New(db *engine.DB, opts Options) *Hub {
 // Handler upgrades GET /realtime to a WebSocket and serves it until either side closes.
 func (h *Hub) Handler() fasthttp.RequestHandler {
 	return func(ctx *fasthttp.RequestCtx) {
-		if err := h.upgrader.Upgrade(ctx, h.serve); err != nil {
-			// The upgrader has answered with its status; say why in the contract's envelope.
-			ctx.SetContentType("application/json")
-			ctx.SetBodyString(`{"error":{"code":"validation_error","message":"GET /realtime expects a WebSocket upgrade"}}`)
-		}
+		_ = h.upgrader.Upgrade(ctx, h.serve) // a refusal is answered by refuseUpgrade
 	}
+}
+
+// refuseUpgrade answers a request that is not a WebSocket handshake in the contract's envelope.
+func refuseUpgrade(ctx *fasthttp.RequestCtx, status int, reason error) {
+	code := engine.CodeValidation
+	if status == fasthttp.StatusMethodNotAllowed {
+		code = engine.CodeMethodNotAllowed
+	}
+	body, _ := json.Marshal(map[string]any{"error": map[string]any{
+		"code": code, "message": "GET /realtime expects a WebSocket handshake: " + reason.Error(),
+	}})
+	ctx.SetStatusCode(status)
+	ctx.SetContentType("application/json")
+	ctx.SetBody(body)
 }
 
 // Close closes every connection with 1001 and stops the hub's goroutines, waiting for the

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/awardee/awardee/engine"
+	"github.com/awardee/awardee/internal/testkit"
 	"github.com/fasthttp/websocket"
 )
 
@@ -45,7 +46,7 @@ func TestLiveDeliveryToOrgAndVisitor(t *testing.T) {
 	if st := th.hub.Stats(); st.Connections["api"] != 1 || st.Connections["visitor"] != 1 {
 		t.Fatalf("stats %+v, want one api and one visitor connection", st)
 	}
-	waitFor(t, "four frames counted", func() bool { return th.hub.Stats().FramesSent == 4 })
+	testkit.WaitFor(t, "four frames counted", func() bool { return th.hub.Stats().FramesSent == 4 })
 }
 
 func TestTakeoverGivesTheVisitorStatusAndBothMessagesInOrder(t *testing.T) {
@@ -267,7 +268,7 @@ func TestShutdownClosesEveryConnectionWithGoingAway(t *testing.T) {
 	live.auth(org.APIKey, -1)
 	live.expectType("ready")
 	unauthenticated := th.dial(t)
-	waitFor(t, "both connections", func() bool { return th.hub.Stats().Unauthenticated == 1 })
+	testkit.WaitFor(t, "both connections", func() bool { return th.hub.Stats().Unauthenticated == 1 })
 
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
@@ -389,7 +390,7 @@ func TestPingsKeepLivePeersAndCloseDeadOnes(t *testing.T) {
 			t.Fatal("no ping")
 		}
 	}
-	waitFor(t, "the silent peer to be closed", func() bool { return th.hub.Stats().Connections["api"] == 1 })
+	testkit.WaitFor(t, "the silent peer to be closed", func() bool { return th.hub.Stats().Connections["api"] == 1 })
 	// Six pings took at least 250 ms, longer than a silent peer is allowed: the live one stayed.
 }
 
@@ -435,9 +436,9 @@ func TestGoroutinesReturnToBaselineAfterManyConnections(t *testing.T) {
 	}
 	wg.Wait()
 	th.post(t, org.OrgID, conv.Conversation.ID, "after everyone left")
-	waitFor(t, "every connection to be gone", func() bool {
+	testkit.WaitFor(t, "every connection to be gone", func() bool {
 		st := th.hub.Stats()
 		return st.Connections["api"]+st.Connections["visitor"]+st.Unauthenticated == 0
 	})
-	waitFor(t, fmt.Sprintf("the goroutine count to return to %d", baseline), func() bool { return settle() <= baseline+2 })
+	testkit.WaitFor(t, fmt.Sprintf("the goroutine count to return to %d", baseline), func() bool { return settle() <= baseline+2 })
 }
