@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/awardee/awardee/bench/load"
 	"github.com/awardee/awardee/engine"
 	"github.com/awardee/awardee/internal/testkit"
 	"github.com/fasthttp/websocket"
@@ -126,5 +127,35 @@ func TestRealtimeWithoutHandshakeIsAnEnvelopedError(t *testing.T) {
 	var env map[string]any
 	if err := json.Unmarshal(r.Body, &env); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// The bench's realtime and idle modes, bounded small, against the real server: every
+// subscriber gets every post's frame, and the idle mode reads an RSS.
+func TestLoadGeneratorRealtimeModes(t *testing.T) {
+	ts := newTestServer(t)
+	org := ts.newOrg(t, 0, 0)
+	cfg := load.DefaultConfig()
+	cfg.URL, cfg.APIKey, cfg.Subscribers, cfg.Rate, cfg.Requests = ts.URL, org.APIKey, 5, 200, 20
+	rt, err := load.RunRealtime(t.Context(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rt.OK != 20 || rt.Expected != 100 || rt.Got != 100 || rt.AfterResponse.TotalCount() != 100 {
+		t.Fatalf("realtime run: %+v, want 20 posts and 100 frames", rt)
+	}
+	cfg.Connections, cfg.Settle = 20, time.Millisecond
+	idle, err := load.RunIdle(t.Context(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if idle.Before <= 0 || idle.After <= 0 || idle.Connections != 20 {
+		t.Fatalf("idle run: %+v", idle)
+	}
+	var out strings.Builder
+	idle.Report(&out, cfg)
+	rt.Report(&out, cfg)
+	if !strings.Contains(out.String(), "KiB per connection") || !strings.Contains(out.String(), "201-to-frame ms: p50") {
+		t.Fatalf("report:\n%s", out.String())
 	}
 }

@@ -32,6 +32,15 @@ type Config struct {
 	Duration      time.Duration
 	TextSize      int
 	Idempotency   bool // send a unique Idempotency-Key with every post
+
+	// Mode is post (the default: posts from many clients), realtime (WebSocket subscribers and
+	// the 201-to-frame latency) or idle (idle WebSockets and the server's memory per connection).
+	Mode        string
+	Subscribers int           // realtime: WebSocket subscribers of the org
+	Rate        float64       // realtime: posts per second
+	Connections int           // idle: WebSockets to open
+	ServerPID   int           // idle: the server whose RSS to read; 0 reads this process's own
+	Settle      time.Duration // idle: how long the connections stay idle before the second reading
 }
 
 // DefaultConfig is what `awardee bench` runs without flags.
@@ -39,6 +48,7 @@ func DefaultConfig() Config {
 	return Config{
 		URL: "http://127.0.0.1:8080", Conversations: 64, Concurrency: 64,
 		Requests: 50_000, Duration: 30 * time.Second, TextSize: 64,
+		Mode: "post", Subscribers: 100, Rate: 20, Connections: 1000, Settle: 3 * time.Second,
 	}
 }
 
@@ -53,6 +63,12 @@ func BindFlags(fs *flag.FlagSet, c *Config) {
 	fs.DurationVar(&c.Duration, "duration", c.Duration, "how long to post at most")
 	fs.IntVar(&c.TextSize, "text-size", c.TextSize, "characters per message")
 	fs.BoolVar(&c.Idempotency, "idempotency", c.Idempotency, "send an Idempotency-Key with every post")
+	fs.StringVar(&c.Mode, "mode", c.Mode, "post, realtime (subscribers, rate: 201-to-frame latency) or idle (connections, server-pid: RSS per idle WebSocket)")
+	fs.IntVar(&c.Subscribers, "subscribers", c.Subscribers, "realtime: WebSocket subscribers of the org")
+	fs.Float64Var(&c.Rate, "rate", c.Rate, "realtime: posts per second (bounded by --requests and --duration)")
+	fs.IntVar(&c.Connections, "connections", c.Connections, "idle: WebSockets to open (one visitor conversation each)")
+	fs.IntVar(&c.ServerPID, "server-pid", c.ServerPID, "idle: PID of the server whose RSS is read from /proc; 0 reads this process")
+	fs.DurationVar(&c.Settle, "settle", c.Settle, "idle: how long the connections stay idle before the RSS is read again")
 }
 
 // Result is what a run measured.
@@ -201,6 +217,25 @@ func Main(ctx context.Context, args []string, stdout io.Writer) error {
 	BindFlags(fs, &c)
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	switch c.Mode {
+	case "realtime":
+		res, err := RunRealtime(ctx, c)
+		if err != nil {
+			return err
+		}
+		res.Report(stdout, c)
+		return nil
+	case "idle":
+		res, err := RunIdle(ctx, c)
+		if err != nil {
+			return err
+		}
+		res.Report(stdout, c)
+		return nil
+	case "post", "":
+	default:
+		return fmt.Errorf("unknown --mode %q: post, realtime or idle", c.Mode)
 	}
 	res, err := Run(ctx, c)
 	if err != nil {
