@@ -105,8 +105,10 @@ func newServer(cfg Config, log *slog.Logger, out io.Writer) (*server, error) {
 	s.hub = rt.New(db, rt.Options{Log: log})
 	s.metrics.watchRealtime(s.hub)
 	s.http = &fasthttp.Server{
-		Handler:            s.routes(),
-		Name:               "awardee",
+		Handler: s.routes(),
+		Name:    "awardee",
+		// Only /realtime hijacks: its hub owns the sockets, and fasthttp frees the request.
+		KeepHijackedConns:  true,
 		MaxRequestBodySize: maxBodySize,
 		ReadBufferSize:     readBufferSize,
 		// The listener is the connection cap; fasthttp's own must never be the one that bites,

@@ -42,6 +42,7 @@ type conn struct {
 	closeText string
 	closeSent bool
 	writer    sync.WaitGroup
+	workers   sync.WaitGroup // the goroutine that authenticates and replays
 	pinger    *time.Timer
 }
 
@@ -61,18 +62,39 @@ func newConn(h *Hub, ws *websocket.Conn) *conn {
 	return c
 }
 
-// serve is the life of one upgraded connection, on the goroutine fasthttp gave it.
+// serve takes over an upgraded connection. Its reads run on a goroutine of the hub's, and
+// fasthttp's goroutine returns at once: with the server's KeepHijackedConns, that releases the
+// request's state (its RequestCtx and buffers), which would otherwise stay pinned for the
+// socket's whole life. The hub closes the socket itself.
 func (h *Hub) serve(ws *websocket.Conn) {
 	c := newConn(h, ws)
 	if !h.register(c) {
 		_ = ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseGoingAway, "the server is shutting down"), time.Now().Add(time.Second))
+		c.cut()
 		return
 	}
+	go c.run()
+}
+
+// run is the life of one connection.
+func (c *conn) run() {
+	h, ws := c.hub, c.ws
 	defer h.unregister(c)
+	defer c.cut()
 	defer c.finish()
 	ws.SetReadLimit(maxClientFrame)
-	if auth, ok := c.authenticate(); ok {
-		c.subscribe(auth)
+	if first, ok := c.readAuthFrame(); ok {
+		// The work that needs a deep stack (decoding, the database, the replay) runs on a
+		// goroutine that ends when the connection is live; this one stays parked in a shallow
+		// read for the connection's life, so its stack stays small.
+		c.extendReadDeadline()
+		c.workers.Add(1)
+		go func() {
+			defer c.workers.Done()
+			if req, ok := c.authenticate(first); ok {
+				c.subscribe(req)
+			}
+		}()
 	}
 	c.readUntilClosed()
 }
@@ -89,9 +111,9 @@ type authRequest struct {
 	resumeAfter uint64
 }
 
-// authenticate reads the auth frame within the auth timeout and finds the principal. On any
-// failure the connection is already closing with the right frame and code.
-func (c *conn) authenticate() (authRequest, bool) {
+// readAuthFrame waits for the first frame within the auth timeout; without one, the connection
+// is closing with the right frame and code.
+func (c *conn) readAuthFrame() ([]byte, bool) {
 	h := c.hub
 	_ = c.ws.SetReadDeadline(time.Now().Add(h.opts.AuthTimeout))
 	_, msg, err := c.ws.ReadMessage()
@@ -101,8 +123,15 @@ func (c *conn) authenticate() (authRequest, bool) {
 			h.authFailures.Add(1)
 			c.refuse(errorFrame(engine.CodeUnauthorized, "no auth frame within the auth timeout"), CloseUnauthorized, "unauthorized")
 		}
-		return authRequest{}, false
+		return nil, false
 	}
+	return msg, true
+}
+
+// authenticate decodes the auth frame and finds the principal. On any failure the connection is
+// already closing with the right frame and code.
+func (c *conn) authenticate(msg []byte) (authRequest, bool) {
+	h := c.hub
 	var f authFrame
 	if err := json.Unmarshal(msg, &f); err != nil || f.Type != "auth" || f.Token == "" {
 		h.authFailures.Add(1)
@@ -171,6 +200,10 @@ func (c *conn) subscribe(req authRequest) {
 		after = req.resumeAfter
 	}
 	c.mu.Lock()
+	if c.closing {
+		c.mu.Unlock()
+		return
+	}
 	c.lastSent = after
 	c.pushLocked(readyFrame(latest))
 	if resync {
@@ -178,7 +211,6 @@ func (c *conn) subscribe(req authRequest) {
 	}
 	c.pinger = time.AfterFunc(h.opts.PingInterval, c.ping)
 	c.mu.Unlock()
-	c.extendReadDeadline()
 
 	// Events after latest reach the connection live: they commit after it was attached.
 	for after < latest {
@@ -434,7 +466,8 @@ func (c *conn) isClosing() bool {
 	return c.closing
 }
 
-// cut closes the socket under the WebSocket, ending any blocked read or write at once.
+// cut closes the socket under the WebSocket, ending any blocked read or write at once; it is
+// also the socket's final close.
 func (c *conn) cut() { _ = c.raw.Close() }
 
 // finish runs when the handler's reads end. A close we started is let finish (its frames have
@@ -456,5 +489,6 @@ func (c *conn) finish() {
 	if !initiated {
 		c.cut()
 	}
+	c.workers.Wait()
 	c.writer.Wait()
 }

@@ -38,7 +38,7 @@ func newTestHub(t testing.TB, opts Options) *testHub {
 		t.Fatal(err)
 	}
 	// Idle workers of fasthttp's pool would count against the goroutine baseline for 10 s.
-	srv := &fasthttp.Server{Handler: hub.Handler(), MaxIdleWorkerDuration: 50 * time.Millisecond}
+	srv := &fasthttp.Server{Handler: hub.Handler(), KeepHijackedConns: true, MaxIdleWorkerDuration: 50 * time.Millisecond}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

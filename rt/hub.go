@@ -134,7 +134,7 @@ func New(db *engine.DB, opts Options) *Hub {
 		upgrader: websocket.FastHTTPUpgrader{
 			// Frames from clients are one small auth frame and pongs; replies are written from
 			// pooled buffers, so an idle connection holds neither.
-			ReadBufferSize:  512,
+			ReadBufferSize:  256,
 			WriteBufferSize: 4096,
 			WriteBufferPool: &sync.Pool{},
 			// The widget runs on our users' sites, on any origin. No cookie opens anything
@@ -154,7 +154,9 @@ func New(db *engine.DB, opts Options) *Hub {
 	return h
 }
 
-// Handler upgrades GET /realtime to a WebSocket and serves it until either side closes.
+// Handler upgrades GET /realtime to a WebSocket and serves it until either side closes. The
+// fasthttp.Server serving it must set KeepHijackedConns: the hub owns each socket after the
+// upgrade (see serve).
 func (h *Hub) Handler() fasthttp.RequestHandler {
 	return func(ctx *fasthttp.RequestCtx) {
 		_ = h.upgrader.Upgrade(ctx, h.serve) // a refusal is answered by refuseUpgrade
