@@ -1,7 +1,6 @@
 package rt
 
 import (
-	"encoding/json"
 	"errors"
 	"net"
 	"sync"
@@ -9,6 +8,8 @@ import (
 
 	"github.com/awardee/awardee/engine"
 	"github.com/fasthttp/websocket"
+	"github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
 )
 
 // Limits of one connection.
@@ -99,11 +100,12 @@ func (c *conn) run() {
 	c.readUntilClosed()
 }
 
-// authFrame is the first frame a client sends.
+// authFrame is the first frame a client sends, decoded as strictly as every request body
+// (json/v2: valid UTF-8, no duplicate names, names matched by case).
 type authFrame struct {
-	Type        string          `json:"type"`
-	Token       string          `json:"token"`
-	ResumeAfter json.RawMessage `json:"resume_after"`
+	Type        string         `json:"type"`
+	Token       string         `json:"token"`
+	ResumeAfter jsontext.Value `json:"resume_after"`
 }
 
 type authRequest struct {

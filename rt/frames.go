@@ -1,17 +1,18 @@
 package rt
 
 import (
-	"encoding/json"
 	"strconv"
 
 	"github.com/awardee/awardee/engine"
+	"github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
 )
 
 // eventData holds the parts of an event's data that frames carry, as the engine encoded them.
 type eventData struct {
-	Message      json.RawMessage `json:"message"`
-	Conversation json.RawMessage `json:"conversation"`
-	Changes      json.RawMessage `json:"changes"`
+	Message      jsontext.Value `json:"message"`
+	Conversation jsontext.Value `json:"conversation"`
+	Changes      jsontext.Value `json:"changes"`
 }
 
 // eventFrame renders an event as the frame of section 10. It is built once per event and shared,
@@ -40,7 +41,7 @@ func eventFrame(ev engine.Event) ([]byte, bool) {
 		}
 		changes := d.Changes
 		if changes == nil {
-			changes = json.RawMessage(`{}`)
+			changes = jsontext.Value(`{}`)
 		}
 		b = append(b, `{"type":"conversation.updated","offset":`...)
 		b = strconv.AppendUint(b, ev.Offset, 10)

@@ -7,7 +7,6 @@ package rt
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"log/slog"
 	"sync"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/awardee/awardee/engine"
 	"github.com/fasthttp/websocket"
+	"github.com/go-json-experiment/json"
 	"github.com/valyala/fasthttp"
 )
 
@@ -169,9 +169,13 @@ func refuseUpgrade(ctx *fasthttp.RequestCtx, status int, reason error) {
 	if status == fasthttp.StatusMethodNotAllowed {
 		code = engine.CodeMethodNotAllowed
 	}
-	body, _ := json.Marshal(map[string]any{"error": map[string]any{
-		"code": code, "message": "GET /realtime expects a WebSocket handshake: " + reason.Error(),
-	}})
+	type detail struct {
+		Code    string `json:"code"`
+		Message string `json:"message"`
+	}
+	body, _ := json.Marshal(struct {
+		Error detail `json:"error"`
+	}{detail{code, "GET /realtime expects a WebSocket handshake: " + reason.Error()}})
 	ctx.SetStatusCode(status)
 	ctx.SetContentType("application/json")
 	ctx.SetBody(body)

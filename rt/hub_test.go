@@ -212,14 +212,26 @@ func TestResumeAfterPrunedOffsetAsksForResync(t *testing.T) {
 	}
 }
 
-func TestResumeBeyondLatestIsAValidationError(t *testing.T) {
+func TestBadResumeOffsetsAreValidationErrors(t *testing.T) {
 	th := newTestHub(t, Options{})
 	org := th.newOrg(t)
-	c := th.dial(t)
-	c.auth(org.APIKey, 99)
-	got := c.expectClose(CloseBadRequest)
-	if len(got) != 1 || got[0].Type != "error" || got[0].Code != engine.CodeValidation {
-		t.Fatalf("got %v, want one validation_error frame and no ready", got)
+	for name, resume := range map[string]string{
+		"beyond the latest": `99`,
+		"negative":          `-1`,
+		"fraction":          `1.5`,
+		"text":              `"0"`,
+	} {
+		t.Run(name, func(t *testing.T) {
+			c := th.dial(t)
+			frame := `{"type":"auth","token":"` + org.APIKey + `","resume_after":` + resume + `}`
+			if err := c.ws.WriteMessage(websocket.TextMessage, []byte(frame)); err != nil {
+				t.Fatal(err)
+			}
+			got := c.expectClose(CloseBadRequest)
+			if len(got) != 1 || got[0].Type != "error" || got[0].Code != engine.CodeValidation {
+				t.Fatalf("got %v, want one validation_error frame and no ready", got)
+			}
+		})
 	}
 }
 
@@ -234,6 +246,8 @@ func TestBadTokensAreRefused(t *testing.T) {
 		"not json":       `auth ` + org.APIKey,
 		"empty token":    `{"type":"auth","token":""}`,
 		"token not text": `{"type":"auth","token":42}`,
+		"duplicate name": `{"type":"auth","token":"ak_nope","token":"` + org.APIKey + `"}`,
+		"miscased name":  `{"type":"auth","TOKEN":"` + org.APIKey + `"}`,
 	} {
 		t.Run(name, func(t *testing.T) {
 			c := th.dial(t)
