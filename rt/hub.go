@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -121,7 +122,7 @@ type Hub struct {
 // by conversation.
 type orgConns struct {
 	org    map[*conn]struct{}
-	byConv map[string]map[*conn]struct{}
+	byConv map[string][]*conn // a slice, not a set: most conversations have one tab open
 }
 
 // New starts a hub on db: it subscribes to the event feed now, so every event committed after
@@ -271,10 +272,11 @@ func (h *Hub) unregister(c *conn) {
 	if c.attached {
 		oc := h.orgs[c.who.OrgID]
 		if c.who.Kind == engine.KeyVisitor {
-			set := oc.byConv[c.who.ConversationID]
-			delete(set, c)
-			if len(set) == 0 {
+			tabs := slices.DeleteFunc(oc.byConv[c.who.ConversationID], func(o *conn) bool { return o == c })
+			if len(tabs) == 0 {
 				delete(oc.byConv, c.who.ConversationID)
+			} else {
+				oc.byConv[c.who.ConversationID] = tabs
 			}
 		} else {
 			delete(oc.org, c)
@@ -296,16 +298,11 @@ func (h *Hub) attach(c *conn) bool {
 	}
 	oc := h.orgs[c.who.OrgID]
 	if oc == nil {
-		oc = &orgConns{org: map[*conn]struct{}{}, byConv: map[string]map[*conn]struct{}{}}
+		oc = &orgConns{org: map[*conn]struct{}{}, byConv: map[string][]*conn{}}
 		h.orgs[c.who.OrgID] = oc
 	}
 	if c.who.Kind == engine.KeyVisitor {
-		set := oc.byConv[c.who.ConversationID]
-		if set == nil {
-			set = map[*conn]struct{}{}
-			oc.byConv[c.who.ConversationID] = set
-		}
-		set[c] = struct{}{}
+		oc.byConv[c.who.ConversationID] = append(oc.byConv[c.who.ConversationID], c)
 	} else {
 		oc.org[c] = struct{}{}
 	}
@@ -360,7 +357,7 @@ func (h *Hub) deliver(events []engine.Event) {
 		for c := range oc.org {
 			c.offer(ev.Offset, f)
 		}
-		for c := range visitors {
+		for _, c := range visitors {
 			c.offer(ev.Offset, f)
 		}
 	}
@@ -377,8 +374,8 @@ func (h *Hub) fellBehindFeed() {
 		for c := range oc.org {
 			c.closeWith(CloseSlowConsumer, "the server fell behind; resume from your last offset")
 		}
-		for _, set := range oc.byConv {
-			for c := range set {
+		for _, tabs := range oc.byConv {
+			for _, c := range tabs {
 				c.closeWith(CloseSlowConsumer, "the server fell behind; resume from your last offset")
 			}
 		}
