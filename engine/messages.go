@@ -49,9 +49,9 @@ type NewMessage struct {
 	APIKeyID       string // the key that posted it, for agents and bots
 	// MemberID is the team member replying from the dashboard (an agent's reply with a
 	// session); it brings section 12's assignment rule.
-	MemberID string
-	Text           string
-	Attachments    []Attachment
+	MemberID    string
+	Text        string
+	Attachments []Attachment
 }
 
 // CheckMessage is section 6's status check as a caller runs it before any slow work (attachment
