@@ -55,6 +55,7 @@ type server struct {
 	metrics  *metrics
 	limits   *limiter
 	inflight *inflightKeys
+	signIns  *signInThrottle
 	attach   attacher
 	blobs    *blobs.Store
 	fetcher  *blobs.Fetcher
@@ -89,9 +90,9 @@ func newServer(cfg Config, log *slog.Logger, out io.Writer) (*server, error) {
 		publicURL = "http://" + cfg.Addr
 	}
 	fetcher := blobs.NewFetcher(blobs.FetchOptions{AllowPrivate: cfg.AllowPrivateNetworks})
-	s := &server{cfg: cfg, db: db, log: log, inflight: newInflightKeys(), blobs: store, fetcher: fetcher,
+	s := &server{cfg: cfg, db: db, log: log, inflight: newInflightKeys(), signIns: newSignInThrottle(), blobs: store, fetcher: fetcher,
 		attach: &fetchAttacher{fetcher: fetcher, store: store, publicURL: publicURL, log: log}}
-	if err := s.bootstrap(out); err != nil {
+	if err := s.bootstrap(out, publicURL); err != nil {
 		db.Close()
 		return nil, err
 	}
@@ -162,7 +163,13 @@ func newServer(cfg Config, log *slog.Logger, out io.Writer) (*server, error) {
 	return s, nil
 }
 
-func (s *server) bootstrap(out io.Writer) error {
+// bootstrapAdminEmail is the first admin's email: something to sign in with before anyone has
+// set up the team; the admin changes name and password from the dashboard.
+const bootstrapAdminEmail = "admin@localhost"
+
+// bootstrap makes an empty database usable: org "default" with its keys and an admin member,
+// whose secrets are printed this once, with the dashboard's address to sign in at.
+func (s *server) bootstrap(out io.Writer, publicURL string) error {
 	orgs, err := s.db.Orgs()
 	if err != nil || len(orgs) > 0 {
 		return err
@@ -171,8 +178,13 @@ func (s *server) bootstrap(out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "Created org \"default\" (%s). Its secrets are shown only this once:\n  API key:    %s\n  widget key: %s\n",
-		created.OrgID, created.APIKey, created.WidgetKey)
+	admin, err := s.db.CreateMember(context.Background(), created.OrgID, engine.NewMember{Email: bootstrapAdminEmail, Name: "Admin", Role: engine.RoleAdmin})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "Created org \"default\" (%s). Its secrets are shown only this once:\n  API key:    %s\n  widget key: %s\n"+
+		"  dashboard:  %s/app/\n  email:      %s\n  password:   %s\n",
+		created.OrgID, created.APIKey, created.WidgetKey, strings.TrimSuffix(publicURL, "/"), admin.Member.Email, admin.Password)
 	return nil
 }
 
@@ -284,7 +296,7 @@ func (s *server) routes() fasthttp.RequestHandler {
 		r.Handle(method, path, s.route(path, need, okStatus, h))
 		// Browsers call the visitor side from other origins: each of its paths answers CORS
 		// preflights.
-		if need != engine.KeyAPI && !preflighted[path] {
+		if (need == engine.KeyWidget || need == engine.KeyVisitor) && !preflighted[path] {
 			preflighted[path] = true
 			r.OPTIONS(path, s.preflight)
 		}
@@ -299,6 +311,18 @@ func (s *server) routes() fasthttp.RequestHandler {
 	api("GET", "/events", engine.KeyAPI, 200, pages.bound(s.listEvents))
 	api("GET", "/assets", engine.KeyAPI, 200, pages.bound(s.listAssets))
 	api("GET", "/usage", engine.KeyAPI, 200, s.usage)
+
+	api("POST", "/members", engine.KeyAPI, 201, adminOnly(s.createMember))
+	api("GET", "/members", engine.KeyAPI, 200, adminOnly(s.listMembers))
+	api("PATCH", "/members/{id}", engine.KeyAPI, 200, adminOnly(s.patchMember))
+	api("GET", "/keys", engine.KeyAPI, 200, adminOnly(s.listKeys))
+	api("POST", "/keys", engine.KeyAPI, 201, adminOnly(s.createKey))
+	api("DELETE", "/keys/{id}", engine.KeyAPI, 200, adminOnly(s.deleteKey))
+	r.POST("/session", s.signIn)
+	api("GET", "/session", engine.KeyMember, 200, s.getSession)
+	api("DELETE", "/session", engine.KeyMember, 200, s.signOut)
+	api("POST", "/session/password", engine.KeyMember, 200, s.changePassword)
+	api("POST", "/session/realtime-token", engine.KeyMember, 200, s.realtimeToken)
 	r.GET("/files/{org}/{file}", s.serveFile)
 
 	api("POST", "/widget/conversations", engine.KeyWidget, 201, s.widgetCreateConversation)

@@ -381,3 +381,23 @@ func (h *Hub) fellBehindFeed() {
 		}
 	}
 }
+
+// Disconnect closes, with an unauthorized frame and 4001, every connection of org that sees the
+// whole org and whose principal match reports: how a revoked API key, a disabled member or an
+// ended session stops receiving events at once. It returns how many it closed.
+func (h *Hub) Disconnect(org string, match func(engine.Principal) bool) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	oc := h.orgs[org]
+	if oc == nil {
+		return 0
+	}
+	n := 0
+	for c := range oc.org {
+		if match(c.who) {
+			c.refuse(errorFrame(engine.CodeUnauthorized, "the key or session of this connection was revoked"), CloseUnauthorized, "revoked")
+			n++
+		}
+	}
+	return n
+}
