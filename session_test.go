@@ -3,8 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
-	"net/http"
 	"log/slog"
+	"net/http"
 	"regexp"
 	"slices"
 	"strconv"
