@@ -17,6 +17,7 @@ import (
 	"github.com/awardee/awardee/blobs"
 	"github.com/awardee/awardee/engine"
 	"github.com/awardee/awardee/rt"
+	"github.com/awardee/awardee/web"
 	"github.com/fasthttp/router"
 	"github.com/valyala/fasthttp"
 )
@@ -330,6 +331,14 @@ func (s *server) routes() fasthttp.RequestHandler {
 	api("GET", "/widget/conversations/{id}/messages", engine.KeyVisitor, 200, pages.bound(s.listMessages))
 	api("POST", "/widget/conversations/{id}/messages", engine.KeyVisitor, 201, s.postVisitorMessage)
 	api("POST", "/widget/conversations/{id}/request-agent", engine.KeyVisitor, 200, s.requestAgent)
+
+	app := web.NewApp("/app/")
+	r.GET("/app/{file:*}", func(ctx *fasthttp.RequestCtx) {
+		start := time.Now()
+		setRequestID(ctx)
+		app.Serve(ctx)
+		s.metrics.observe("/app/", ctx, start)
+	})
 
 	r.GET("/healthz", s.healthz)
 	r.GET("/metrics", s.metricsHandler())
