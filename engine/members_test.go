@@ -262,3 +262,22 @@ func TestPatchAssigneeMustBeAMemberOfTheOrg(t *testing.T) {
 		t.Fatalf("assign: %+v %v", got, err)
 	}
 }
+
+func TestPruneSessionsDeletesOnlyEndedOnes(t *testing.T) {
+	db, clock := openClockedDB(t)
+	org := newTestOrg(t, db)
+	m := newTestMember(t, db, org.OrgID, "ana@example.com", RoleAgent)
+	old, _, _ := db.SignIn(context.Background(), "ana@example.com", m.Password)
+	clock.Advance(SessionIdle)
+	fresh, _, _ := db.SignIn(context.Background(), "ana@example.com", m.Password)
+	n, err := db.PruneSessions(context.Background())
+	if err != nil || n != 1 {
+		t.Fatalf("pruned %d, %v; want 1", n, err)
+	}
+	if _, _, err := db.AuthenticateSession(context.Background(), fresh); err != nil {
+		t.Fatalf("the fresh session was pruned: %v", err)
+	}
+	if _, _, err := db.AuthenticateSession(context.Background(), old); err == nil {
+		t.Fatal("the idle session still works")
+	}
+}

@@ -224,3 +224,42 @@ func (db *DB) useRealtimeToken(token string) (Principal, error) {
 	}
 	return g.principal, nil
 }
+
+// maxPrunedSessions bounds one prune's write, so a sweep never holds the commit loop long.
+const maxPrunedSessions = 10_000
+
+// PruneSessions deletes sessions that can no longer be used: idle or too old, or of a member
+// that was disabled or changed its password since. Those are refused anyway; pruning keeps the
+// bucket from growing with every sign-in. It returns how many it deleted.
+func (db *DB) PruneSessions(ctx context.Context) (int, error) {
+	var dead [][]byte
+	err := db.view(func(btx *bolt.Tx) error {
+		return btx.Bucket(bucketSessions).ForEach(func(k, _ []byte) error {
+			if len(dead) >= maxPrunedSessions || len(k) != 32 {
+				return nil
+			}
+			var h [32]byte
+			copy(h[:], k)
+			if _, _, err := db.sessionState(btx, h); err != nil {
+				dead = append(dead, append([]byte(nil), k...))
+			}
+			return nil
+		})
+	})
+	if err != nil || len(dead) == 0 {
+		return 0, err
+	}
+	err = db.Update(ctx, func(tx *Tx) error {
+		b := tx.bolt.Bucket(bucketSessions)
+		for _, k := range dead {
+			if err := b.Delete(k); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	return len(dead), nil
+}
