@@ -206,9 +206,10 @@ func TestDashboardInABrowser(t *testing.T) {
 	}
 	postVisitor("Hello, my order never came")
 	a.waitText("list", "Conversations", "the new conversation in the list", func(s string) bool { return strings.Contains(s, "Vera") && strings.Contains(s, "waiting") })
-	if title := a.text("list", "Conversations"); !strings.Contains(title, "1") {
-		t.Fatalf("no unread count in %q", title)
+	if list := a.text("list", "Conversations"); !strings.Contains(list, "1") {
+		t.Fatalf("no unread count in %q", list)
 	}
+	a.do("the title badge", chromedp.Poll[chromedp.Void](`document.title === "(1) Awardee"`))
 	a.screenshot("inbox")
 
 	a.do("open the conversation", chromedp.Click("", byRole("button", "Vera", true), chromedp.NodeVisible))
