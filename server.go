@@ -246,7 +246,8 @@ func (s *server) transportError(ctx *fasthttp.RequestCtx, err error) {
 	}
 	// The path of a refused request may be unknown (its head was not parsed), and a browser
 	// must be able to read the refusal of a widget call: transport errors always carry CORS,
-	// which is harmless on the team's endpoints as no endpoint uses cookies.
+	// which is harmless on the team's endpoints: a wildcard origin never lets a page read an
+	// answer to a request sent with the dashboard's cookie, and the cookie is SameSite=Strict.
 	setCORS(ctx)
 	s.writeError(ctx, refusal)
 	s.metrics.observe("unmatched", ctx, start)
