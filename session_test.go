@@ -389,3 +389,23 @@ func errorsAs(err error, target **websocket.CloseError) bool {
 	}
 	return ok
 }
+
+func TestSignOutClosesTheSessionsWebSockets(t *testing.T) {
+	t.Parallel()
+	ts := newTestServer(t)
+	org := ts.newOrg(t, 0, 0)
+	ana := ts.newMember(t, org.OrgID, "ana@example.com", engine.RoleAgent)
+	m := ts.signIn(t, "ana@example.com", ana.Password)
+	token := mustStatus(t, ts.as(t, m, "POST", "/session/realtime-token", nil), 200).JSON(t)["token"].(string)
+	ws := ts.dialRealtime(t, token)
+	ws.expect("ready")
+	mustStatus(t, ts.as(t, m, "DELETE", "/session", nil), 200)
+	f, err := ws.next()
+	if err == nil {
+		f, err = ws.next()
+	}
+	var ce *websocket.CloseError
+	if !errorsAs(err, &ce) || ce.Code != 4001 {
+		t.Fatalf("after signing out: frame %v, err %v, want close 4001", f, err)
+	}
+}
