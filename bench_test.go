@@ -17,10 +17,14 @@ import (
 
 // benchmarkPost measures POST /conversations/{id}/messages against the real server over loopback
 // with 64 concurrent clients; withKey adds a unique Idempotency-Key to every request, so the
-// difference between the two benchmarks is the cost of the idempotency path.
-func benchmarkPost(b *testing.B, withKey bool) {
-	ts := newTestServer(b)
+// difference between the two benchmarks is the cost of the idempotency path. prepare runs
+// before the clock starts (to register webhooks, say).
+func benchmarkPost(b *testing.B, withKey bool, prepare ...func(*testServer, testOrg)) {
+	ts := newTestServer(b, allowPrivate) // for receivers on 127.0.0.1; the posts fetch nothing
 	org := ts.newOrg(b, 0, 0)
+	for _, p := range prepare {
+		p(ts, org)
+	}
 	convs := make([]string, 64)
 	for i := range convs {
 		convs[i] = ts.conversationIn(b, org.APIKey, engine.StatusOpen)

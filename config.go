@@ -8,6 +8,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/awardee/awardee/hooks"
 )
 
 // Config is every setting of `awardee serve`. Defaults live in defaultConfig alone; flags and
@@ -91,7 +93,8 @@ func envName(flagName string) string {
 
 // validate refuses a configuration the server could not honour, before anything is opened.
 func (c Config) validate() error {
-	if _, err := parseSchedule(c.WebhookRetrySchedule); err != nil {
+	schedule, err := parseSchedule(c.WebhookRetrySchedule)
+	if err != nil {
 		return err
 	}
 	if c.PublicURL != "" {
@@ -104,6 +107,13 @@ func (c Config) validate() error {
 		if d <= 0 {
 			return fmt.Errorf("--%s must be positive", name)
 		}
+	}
+	// A pending webhook retry reads its event from the log, so the log must outlive the
+	// whole schedule (the pruner also keeps owed events, but a retention that cannot hold one
+	// schedule is a configuration mistake, not something to paper over).
+	if span := hooks.ScheduleSpan(schedule); c.EventRetention < span {
+		return fmt.Errorf("--event-retention %s is shorter than the webhook retry schedule %q, which can take up to %s with jitter: raise --event-retention or shorten the schedule",
+			c.EventRetention, c.WebhookRetrySchedule, span.Round(time.Second))
 	}
 	if c.MaxConns < 0 || c.MaxConnsPerIP < 0 {
 		return errors.New("--max-conns and --max-conns-per-ip must be 0 or more")

@@ -28,13 +28,13 @@ func soundDatabase(t *testing.T) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
-	conv, err := db.CreateConversation(ctx, org.OrgID, engine.NewConversation{Status: engine.StatusOpen}, nil)
+	conv, _, err := db.CreateConversation(ctx, org.OrgID, engine.NewConversation{Status: engine.StatusOpen}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	text := strings.Repeat("a fairly long line of text ", 40)
 	for range 150 {
-		if _, err := db.PostMessage(ctx, engine.NewMessage{OrgID: org.OrgID, ConversationID: conv.Conversation.ID, Author: engine.AuthorAgent, APIKeyID: "key_test", Text: text}, nil); err != nil {
+		if _, _, err := db.PostMessage(ctx, engine.NewMessage{OrgID: org.OrgID, ConversationID: conv.Conversation.ID, Author: engine.AuthorAgent, APIKeyID: "key_test", Text: text}, nil); err != nil {
 			t.Fatal(err)
 		}
 	}

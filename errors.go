@@ -1,8 +1,9 @@
 package main
 
 import (
-	"encoding/json"
 	"errors"
+	json "github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
 	"log/slog"
 
 	"github.com/awardee/awardee/engine"
@@ -55,8 +56,11 @@ func renderError(err error, log *slog.Logger, requestID string) (int, []byte) {
 	if !ok {
 		status = fasthttp.StatusInternalServerError
 	}
-	body, mErr := json.Marshal(errorBody{Error: errorFields{Code: e.Code, Message: e.Message, Details: e.Details}})
+	// Messages and details may quote what the client sent (a path, a URL), which need not be
+	// valid UTF-8: such bytes are rendered as U+FFFD rather than failing the answer.
+	body, mErr := json.Marshal(errorBody{Error: errorFields{Code: e.Code, Message: e.Message, Details: e.Details}}, jsontext.AllowInvalidUTF8(true))
 	if mErr != nil {
+		log.Error("error envelope not encodable", "request_id", requestID, "err", mErr)
 		body = []byte(`{"error":{"code":"internal_error","message":"Internal error."}}`)
 		status = fasthttp.StatusInternalServerError
 	}

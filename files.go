@@ -1,11 +1,9 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"errors"
-	"io"
-	"strconv"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -52,57 +50,9 @@ func (s *server) serveFileBody(ctx *fasthttp.RequestCtx) {
 		s.writeError(ctx, err)
 		return
 	}
-	etag := `"` + asset.Hash + `"`
-	h := &ctx.Response.Header
-	h.Set("ETag", etag)
-	h.Set("Cache-Control", "public, max-age=31536000, immutable")
-	h.Set("X-Content-Type-Options", "nosniff")
-	h.Set("Accept-Ranges", "bytes")
-	if etagMatches(ctx.Request.Header.Peek("If-None-Match"), etag) {
-		ctx.SetStatusCode(fasthttp.StatusNotModified)
-		return
-	}
-	blob, err := s.blobs.Open(context.WithoutCancel(ctx), hash)
-	if err != nil {
+	if err := s.blobs.Serve(ctx, hash, asset.MimeType); err != nil {
 		s.writeError(ctx, blobError(err))
-		return
 	}
-	size := blob.Size()
-	offset, length := int64(0), size
-	if r := ctx.Request.Header.Peek("Range"); len(r) > 0 && size > 0 {
-		first, last, err := fasthttp.ParseByteRange(r, int(size))
-		if err != nil {
-			blob.Close()
-			h.Set("Content-Range", "bytes */"+strconv.FormatInt(size, 10))
-			s.writeError(ctx, engine.Errorf(engine.CodeValidation, "the Range header asks for no byte of this %d-byte file", size).
-				WithDetails(map[string]any{"header": "Range"}))
-			ctx.SetStatusCode(fasthttp.StatusRequestedRangeNotSatisfiable)
-			return
-		}
-		offset, length = int64(first), int64(last-first+1)
-		h.SetContentRange(first, last, int(size))
-		ctx.SetStatusCode(fasthttp.StatusPartialContent)
-	}
-	ctx.SetContentType(asset.MimeType)
-	ctx.SetBodyStream(&sectionCloser{SectionReader: io.NewSectionReader(blob, offset, length), Closer: blob}, int(length))
-}
-
-// sectionCloser streams part of a blob and closes the blob once fasthttp has sent it.
-type sectionCloser struct {
-	*io.SectionReader
-	io.Closer
-}
-
-// etagMatches reports whether an If-None-Match list names etag (or is "*"); weak tags compare
-// equal to strong ones, as RFC 9110 says for If-None-Match.
-func etagMatches(header []byte, etag string) bool {
-	for _, tag := range bytes.Split(header, []byte(",")) {
-		tag = bytes.TrimPrefix(bytes.TrimSpace(tag), []byte("W/"))
-		if string(tag) == "*" || string(tag) == etag {
-			return true
-		}
-	}
-	return false
 }
 
 // blobError keeps a corrupt or lost blob's details for the log: the client learns only that the
@@ -112,6 +62,22 @@ func blobError(err error) error {
 		return engine.Errorf(engine.CodeUnavailable, "the file's stored bytes are damaged or missing; it cannot be served").WithCause(err)
 	}
 	return engine.Errorf(engine.CodeUnavailable, "the file cannot be read now").WithCause(err)
+}
+
+// sweepOrphansOnce runs one orphan sweep and logs its outcome; a panic (a bug, or a file system
+// gone wrong) is logged with its stack and the next tick tries again, rather than taking the
+// server down.
+func (s *server) sweepOrphansOnce(ctx context.Context) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.log.Error("sweep panicked", "what", "orphan blobs", "panic", r, "stack", string(debug.Stack()))
+		}
+	}()
+	if n, err := s.sweepOrphanBlobs(ctx); err != nil && ctx.Err() == nil {
+		s.log.Error("sweep failed", "what", "orphan blobs", "err", err)
+	} else if n > 0 {
+		s.log.Info("deleted orphan blobs", "count", n)
+	}
 }
 
 // sweepOrphanBlobs deletes stored blobs that no org's library references: left by a message that

@@ -51,7 +51,7 @@ func (s *server) openConversation(c *call, statusAllowed bool) (any, error) {
 	if body.Visitor != nil {
 		in.Visitor = *body.Visitor
 	}
-	return s.db.CreateConversation(c.engineCtx, c.orgID(), in, c.idem)
+	return answer(s.db.CreateConversation(c.engineCtx, c.orgID(), in, c.idem))
 }
 
 // conversationID is the path's conversation, which a visitor token may only name as its own;
@@ -129,7 +129,7 @@ func (s *server) patchConversation(c *call) (any, error) {
 			return nil, fieldTypeError("assignee", "a string or null")
 		}
 	}
-	return s.db.UpdateConversation(c.engineCtx, c.orgID(), id, patch, c.idem)
+	return answer(s.db.UpdateConversation(c.engineCtx, c.orgID(), id, patch, c.idem))
 }
 
 // messageBody is section 6's request body.
@@ -203,11 +203,12 @@ func (s *server) postMessage(c *call, author engine.Author) (any, error) {
 		// A dashboard reply: section 12's assignment rule, and the member as its author.
 		in.APIKeyID, in.MemberID = "", c.who.MemberID
 	}
-	msg, err := s.db.PostMessage(c.engineCtx, in, c.idem)
-	if err == nil {
-		s.metrics.messagePosted(msg.Metadata.Source)
+	msg, body, err := s.db.PostMessage(c.engineCtx, in, c.idem)
+	if err != nil {
+		return nil, err
 	}
-	return msg, err
+	s.metrics.messagePosted(msg.Metadata.Source)
+	return encodedReply(body), nil
 }
 
 func (s *server) requestAgent(c *call) (any, error) {
@@ -215,7 +216,7 @@ func (s *server) requestAgent(c *call) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	return s.db.RequestAgent(c.engineCtx, c.orgID(), id, c.idem)
+	return answer(s.db.RequestAgent(c.engineCtx, c.orgID(), id, c.idem))
 }
 
 // cursorList names the list a cursor pages through: the org, the route's path (which holds the

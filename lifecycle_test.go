@@ -3,7 +3,9 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -18,6 +20,7 @@ import (
 
 	"github.com/awardee/awardee/engine"
 	"github.com/awardee/awardee/internal/testkit"
+	bolt "go.etcd.io/bbolt"
 )
 
 // TestMain removes the binaries that awardeeBinary built, if any.
@@ -434,4 +437,51 @@ func createOrgCLI(t *testing.T, dir string) engine.CreatedOrg {
 		t.Fatalf("org create printed %q: %v", out, err)
 	}
 	return org
+}
+
+// The first release's data directory serves under this build after its migration, and the log
+// says it migrated; an older build's refusal of a newer file has its own exit status.
+func TestServeMigratesAnOlderDataDirectory(t *testing.T) {
+	dir := t.TempDir()
+	raw, err := os.ReadFile("testdata/schema-v1/awardee.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, engine.DatabaseFile), raw, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := startProcess(t, dir)
+	mustStatus(t, p.do(t, "GET", "/healthz", "", nil), 200)
+	if !strings.Contains(p.stderr.String(), "migrating the database") || !strings.Contains(p.stderr.String(), "awardee backup") {
+		t.Fatalf("no migration line in the log:\n%s", p.stderr)
+	}
+	if strings.Contains(p.stdout.String(), "API key") {
+		t.Fatal("a migrated directory got a new default org")
+	}
+}
+
+// A file written by a newer build is refused with exit status 3 and a line saying what to do.
+func TestServeRefusesANewerDataDirectory(t *testing.T) {
+	dir := t.TempDir()
+	db, err := engine.Open(dir, engine.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	b, err := bolt.Open(filepath.Join(dir, engine.DatabaseFile), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = b.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket([]byte("meta")).Put([]byte("schema"), binary.BigEndian.AppendUint64(nil, 99))
+	})
+	b.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(awardeeBinary(t), "serve", "--addr", "127.0.0.1:0", "--data", dir).CombinedOutput()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != exitNewerSchema || !strings.Contains(string(out), "newer version of awardee") {
+		t.Fatalf("serve on a newer file: %v\n%s", err, out)
+	}
 }

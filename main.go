@@ -37,9 +37,18 @@ const usage = `usage:
 Run "awardee <command> -h" for a command's flags.
 `
 
+// exitNewerSchema is the exit status of a command refused because its database was written by
+// a newer awardee, so a supervisor or an upgrade script can tell "downgraded binary" from any
+// other failure.
+const exitNewerSchema = 3
+
 func main() {
 	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
 		fmt.Fprintln(os.Stderr, "awardee:", err)
+		if errors.Is(err, engine.ErrNewerSchema) {
+			fmt.Fprintln(os.Stderr, "awardee: run the newer awardee on this data directory, or restore a backup made by this version")
+			os.Exit(exitNewerSchema)
+		}
 		os.Exit(1)
 	}
 }

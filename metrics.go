@@ -61,10 +61,10 @@ func (m *metrics) observe(route string, ctx *fasthttp.RequestCtx, start time.Tim
 
 func (m *metrics) messagePosted(source string) { m.messages.WithLabelValues(source).Inc() }
 
-// watchConnections exports the listener's counters.
 // watchRealtime reports the WebSocket hub (realtime.go).
 func (m *metrics) watchRealtime(h *rt.Hub) { m.registry.MustRegister(newRealtimeCollector(h)) }
 
+// watchConnections exports the listener's counters.
 func (m *metrics) watchConnections(c *connStats) {
 	m.registry.MustRegister(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "awardee_http_open_connections", Help: "Client connections open now."},

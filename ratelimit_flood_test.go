@@ -160,7 +160,7 @@ func benchmarkWidgetFlood(b *testing.B, offered int) {
 		tokens := make([][]engine.CreatedConversation, flooders)
 		for i := range tokens {
 			for range perFlood {
-				opened, err := ts.db.CreateConversation(b.Context(), target.OrgID, engine.NewConversation{}, nil)
+				opened, _, err := ts.db.CreateConversation(b.Context(), target.OrgID, engine.NewConversation{}, nil)
 				if err != nil {
 					b.Fatal(err)
 				}

@@ -141,8 +141,8 @@ func idempotencyScope(who engine.Principal) string {
 // (a 2xx was stored by the engine with its effects; 409, 429 and 5xx are never stored).
 func (s *server) finish(c *call, okStatus int, h handler) {
 	result, err := h(c)
-	if err == nil && c.idem != nil && c.idem.Stored != nil {
-		writeJSON(c.ctx, okStatus, c.idem.Stored) // the very bytes a replay will return
+	if reply, ok := result.(encodedReply); ok && err == nil {
+		writeJSON(c.ctx, okStatus, reply)
 		return
 	}
 	if page, ok := result.(selfWriting); ok && err == nil {
@@ -311,4 +311,16 @@ func queryLimit(ctx *fasthttp.RequestCtx) (int, error) {
 			WithDetails(map[string]any{"field": "limit"})
 	}
 	return n, nil
+}
+
+// encodedReply is a success body the engine already encoded: for a keyed request, the very bytes
+// a replay will return, so it is written as it is.
+type encodedReply []byte
+
+// answer is the handler result of an engine write that returns its value and its encoding.
+func answer[T any](_ T, body []byte, err error) (any, error) {
+	if err != nil {
+		return nil, err
+	}
+	return encodedReply(body), nil
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/awardee/awardee/blobs"
 	"github.com/awardee/awardee/engine"
+	"github.com/awardee/awardee/hooks"
 	"github.com/awardee/awardee/rt"
 	"github.com/awardee/awardee/web"
 	"github.com/fasthttp/router"
@@ -58,6 +59,7 @@ type server struct {
 	inflight *inflightKeys
 	signIns  *signInThrottle
 	attach   attacher
+	hooks    *hooks.Service
 	blobs    *blobs.Store
 	fetcher  *blobs.Fetcher
 	conns    connStats
@@ -77,7 +79,12 @@ func newServer(cfg Config, log *slog.Logger, out io.Writer) (*server, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	db, err := engine.Open(cfg.Data, engine.Options{})
+	db, err := engine.Open(cfg.Data, engine.Options{Buckets: hooks.Buckets, OnMigrate: func(from, to uint64) {
+		// The old file is rewritten in place, in one transaction: a copy made before this start
+		// (awardee backup, with the previous binary) is the way back.
+		log.Warn("migrating the database to this version's layout; a backup made with `awardee backup` before this start is the way back to the old version",
+			"from_schema", from, "to_schema", to, "data", cfg.Data)
+	}})
 	if err != nil {
 		return nil, err
 	}
@@ -97,7 +104,16 @@ func newServer(cfg Config, log *slog.Logger, out io.Writer) (*server, error) {
 		db.Close()
 		return nil, err
 	}
+	schedule, _ := parseSchedule(cfg.WebhookRetrySchedule) // validated above
+	dial, checkURL := webhookGuard(cfg)
+	s.hooks, err = hooks.New(hooks.Options{DB: db, DialContext: dial, CheckURL: checkURL,
+		Schedule: schedule, AttemptRetention: cfg.EventRetention, SweepEvery: cfg.SweepEvery, Log: log})
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
 	s.metrics = newMetrics(db)
+	s.metrics.registry.MustRegister(s.hooks.Collectors()...)
 	s.limits = newLimiter(db)
 	s.maxConns = connectionCap(cfg.MaxConns, descriptorLimit())
 	if cfg.MaxConns > s.maxConns {
@@ -107,10 +123,8 @@ func newServer(cfg Config, log *slog.Logger, out io.Writer) (*server, error) {
 	s.hub = rt.New(db, rt.Options{Log: log})
 	s.metrics.watchRealtime(s.hub)
 	s.http = &fasthttp.Server{
-		Handler: s.routes(),
-		Name:    "awardee",
-		// Only /realtime hijacks: its hub owns the sockets, and fasthttp frees the request.
-		KeepHijackedConns:  true,
+		Handler:            s.routes(),
+		Name:               "awardee",
 		MaxRequestBodySize: maxBodySize,
 		ReadBufferSize:     readBufferSize,
 		// The listener is the connection cap; fasthttp's own must never be the one that bites,
@@ -127,20 +141,24 @@ func newServer(cfg Config, log *slog.Logger, out io.Writer) (*server, error) {
 		IdleTimeout:  2 * time.Minute,
 		ErrorHandler: s.transportError,
 		Logger:       fasthttpLogger{log},
+		// Only /realtime hijacks: its hub owns those sockets, so fasthttp frees the request.
+		KeepHijackedConns: true,
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s.stopBackground = cancel
-	s.background.Add(3)
+	s.background.Add(4)
+	go func() {
+		defer s.background.Done()
+		if err := s.hooks.Run(ctx); err != nil {
+			log.Error("webhook workers stopped", "err", err)
+		}
+	}()
 	go func() {
 		defer s.background.Done()
 		ticker := time.NewTicker(cfg.SweepEvery)
 		defer ticker.Stop()
 		for {
-			if n, err := s.sweepOrphanBlobs(ctx); err != nil && ctx.Err() == nil {
-				log.Error("sweep failed", "what", "orphan blobs", "err", err)
-			} else if n > 0 {
-				log.Info("deleted orphan blobs", "count", n)
-			}
+			s.sweepOrphansOnce(ctx)
 			select {
 			case <-ctx.Done():
 				return
@@ -151,6 +169,7 @@ func newServer(cfg Config, log *slog.Logger, out io.Writer) (*server, error) {
 	go func() {
 		defer s.background.Done()
 		db.RunMaintenance(ctx, engine.Maintenance{
+			KeepFrom:       s.hooks.KeepFrom,
 			EventRetention: cfg.EventRetention,
 			IdempotencyTTL: cfg.IdempotencyTTL,
 			Every:          cfg.SweepEvery,
@@ -326,6 +345,11 @@ func (s *server) routes() fasthttp.RequestHandler {
 	api("POST", "/session/password", engine.KeyMember, 200, s.changePassword)
 	api("POST", "/session/realtime-token", engine.KeyMember, 200, s.realtimeToken)
 	r.GET("/files/{org}/{file}", s.serveFile)
+	api("POST", "/webhooks", engine.KeyAPI, 201, s.createWebhook)
+	api("GET", "/webhooks", engine.KeyAPI, 200, s.listWebhooks)
+	api("DELETE", "/webhooks/{id}", engine.KeyAPI, 200, s.deleteWebhook)
+	api("GET", "/webhooks/{id}/deliveries", engine.KeyAPI, 200, s.listDeliveries)
+	api("POST", "/webhooks/{id}/deliveries/{delivery_id}/retry", engine.KeyAPI, 200, s.retryDelivery)
 
 	api("POST", "/widget/conversations", engine.KeyWidget, 201, s.widgetCreateConversation)
 	api("GET", "/widget/conversations/{id}", engine.KeyVisitor, 200, s.getConversation)

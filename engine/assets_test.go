@@ -23,7 +23,7 @@ func TestAssetsAreRecordedOncePerOrg(t *testing.T) {
 		conv string
 		atts []Attachment
 	}{{a.ID, []Attachment{shot}}, {b.ID, []Attachment{shot, logo}}, {b.ID, []Attachment{logo}}} {
-		if _, err := db.PostMessage(context.Background(), NewMessage{OrgID: org.OrgID, ConversationID: post.conv, Author: AuthorAgent, Attachments: post.atts}, nil); err != nil {
+		if _, _, err := db.PostMessage(context.Background(), NewMessage{OrgID: org.OrgID, ConversationID: post.conv, Author: AuthorAgent, Attachments: post.atts}, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -63,7 +63,7 @@ func TestRefusedPostRecordsNoAsset(t *testing.T) {
 	db := openTestDB(t)
 	org := newTestOrg(t, db)
 	conv := newConv(t, db, org.OrgID, StatusResolved)
-	_, err := db.PostMessage(context.Background(), NewMessage{OrgID: org.OrgID, ConversationID: conv.ID, Author: AuthorAgent, Attachments: []Attachment{testAttachment(1, 10)}}, nil)
+	_, _, err := db.PostMessage(context.Background(), NewMessage{OrgID: org.OrgID, ConversationID: conv.ID, Author: AuthorAgent, Attachments: []Attachment{testAttachment(1, 10)}}, nil)
 	wantCode(t, err, CodeInvalidState)
 	if u, _ := db.Usage(org.OrgID); u != (Usage{}) {
 		t.Fatalf("a refused post billed %+v", u)
@@ -71,7 +71,7 @@ func TestRefusedPostRecordsNoAsset(t *testing.T) {
 	if ok, _ := db.BlobReferenced(testAttachment(1, 10).Hash); ok {
 		t.Fatal("a refused post referenced its blob")
 	}
-	if _, err := db.PostMessage(context.Background(), NewMessage{OrgID: org.OrgID, ConversationID: conv.ID, Author: AuthorVisitor, Attachments: []Attachment{{Hash: strings.Repeat("z", 64)}}}, nil); ErrorCode(err) != CodeInternal {
+	if _, _, err := db.PostMessage(context.Background(), NewMessage{OrgID: org.OrgID, ConversationID: conv.ID, Author: AuthorVisitor, Attachments: []Attachment{{Hash: strings.Repeat("z", 64)}}}, nil); ErrorCode(err) != CodeInternal {
 		t.Fatalf("a malformed hash was accepted: %v", err)
 	}
 }

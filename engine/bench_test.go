@@ -56,7 +56,7 @@ func BenchmarkPostMessage(b *testing.B) {
 		conv := convs[int(next.Add(1)-1)%len(convs)]
 		in := NewMessage{OrgID: org.OrgID, ConversationID: conv, Author: AuthorAgent, APIKeyID: "key_bench", Text: text}
 		for pb.Next() {
-			if _, err := db.PostMessage(context.Background(), in, nil); err != nil {
+			if _, _, err := db.PostMessage(context.Background(), in, nil); err != nil {
 				b.Error(err)
 				return
 			}

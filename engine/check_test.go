@@ -26,10 +26,10 @@ func TestCheckReportsEachBrokenInvariant(t *testing.T) {
 		postAgent(t, db, org.OrgID, conv.ID, text)
 	}
 	idem := &Idempotency{Key: "k1", Fingerprint: [32]byte{1}, Status: 201}
-	if _, err := db.PostMessage(context.Background(), NewMessage{OrgID: org.OrgID, ConversationID: conv.ID, Author: AuthorAgent, APIKeyID: "key_test", Text: "keyed"}, idem); err != nil {
+	if _, _, err := db.PostMessage(context.Background(), NewMessage{OrgID: org.OrgID, ConversationID: conv.ID, Author: AuthorAgent, APIKeyID: "key_test", Text: "keyed"}, idem); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := db.PostMessage(context.Background(), NewMessage{OrgID: org.OrgID, ConversationID: conv.ID, Author: AuthorAgent, APIKeyID: "key_test", Attachments: []Attachment{testAttachment(1, 1000)}}, nil); err != nil {
+	if _, _, err := db.PostMessage(context.Background(), NewMessage{OrgID: org.OrgID, ConversationID: conv.ID, Author: AuthorAgent, APIKeyID: "key_test", Attachments: []Attachment{testAttachment(1, 1000)}}, nil); err != nil {
 		t.Fatal(err)
 	}
 	if problems := db.Check(); len(problems) > 0 {

@@ -66,16 +66,17 @@ func ValidateVisitor(v Visitor) (Visitor, error) {
 }
 
 // CreateConversation opens a conversation in orgID and makes its visitor token.
-func (db *DB) CreateConversation(ctx context.Context, orgID string, in NewConversation, idem *Idempotency) (CreatedConversation, error) {
+func (db *DB) CreateConversation(ctx context.Context, orgID string, in NewConversation, idem *Idempotency) (CreatedConversation, []byte, error) {
 	if in.Status != "" && !creatableStatus(in.Status) {
-		return CreatedConversation{}, Errorf(CodeValidation, "status must be bot_active, agent_requested or open").
+		return CreatedConversation{}, nil, Errorf(CodeValidation, "status must be bot_active, agent_requested or open").
 			WithDetails(map[string]any{"field": "status"})
 	}
 	visitor, err := ValidateVisitor(in.Visitor)
 	if err != nil {
-		return CreatedConversation{}, err
+		return CreatedConversation{}, nil, err
 	}
 	var out CreatedConversation
+	var body []byte
 	token := newSecret(SecretVisitor)
 	convID := newID(PrefixConversation)
 	keyID := newID(PrefixKey)
@@ -104,9 +105,13 @@ func (db *DB) CreateConversation(ctx context.Context, orgID string, in NewConver
 			return err
 		}
 		out = CreatedConversation{Conversation: rec.Conversation, VisitorToken: token}
-		return tx.saveIdempotency(orgID, idem, out)
+		body, err = tx.reply(orgID, idem, out)
+		return err
 	})
-	return out, err
+	if err != nil {
+		return CreatedConversation{}, nil, err
+	}
+	return out, body, nil
 }
 
 // Conversation returns one conversation of orgID; another org's conversation is not found.
@@ -132,9 +137,9 @@ type ConversationPatch struct {
 
 // UpdateConversation applies a PATCH. A status equal to the current one is a no-op; a change
 // appends one conversation.updated event whose changes list every field that moved.
-func (db *DB) UpdateConversation(ctx context.Context, orgID, convID string, patch ConversationPatch, idem *Idempotency) (Conversation, error) {
+func (db *DB) UpdateConversation(ctx context.Context, orgID, convID string, patch ConversationPatch, idem *Idempotency) (Conversation, []byte, error) {
 	if patch.Status != nil && !patch.Status.Valid() {
-		return Conversation{}, Errorf(CodeValidation, "status %q is not one of bot_active, agent_requested, open, resolved, closed, archived", *patch.Status).
+		return Conversation{}, nil, Errorf(CodeValidation, "status %q is not one of bot_active, agent_requested, open, resolved, closed, archived", *patch.Status).
 			WithDetails(map[string]any{"field": "status"})
 	}
 	if patch.SetAssignee && patch.Assignee != nil {
@@ -145,11 +150,11 @@ func (db *DB) UpdateConversation(ctx context.Context, orgID, convID string, patc
 		var member bool
 		if ValidID(PrefixMember, a) {
 			if err := db.view(func(btx *bolt.Tx) error { member = memberIsInOrg(btx, orgID, a); return nil }); err != nil {
-				return Conversation{}, err
+				return Conversation{}, nil, err
 			}
 		}
 		if !member {
-			return Conversation{}, Errorf(CodeValidation, "assignee must be the id of a team member of this org (mem_…), or null to unassign").
+			return Conversation{}, nil, Errorf(CodeValidation, "assignee must be the id of a team member of this org (mem_…), or null to unassign").
 				WithDetails(map[string]any{"field": "assignee"})
 		}
 	}
@@ -157,14 +162,18 @@ func (db *DB) UpdateConversation(ctx context.Context, orgID, convID string, patc
 	// is answered without a write, and never costs its batch neighbours a re-run.
 	current, err := db.Conversation(orgID, convID)
 	if err != nil {
-		return Conversation{}, err
+		return Conversation{}, nil, err
 	}
 	probe := conversationRecord{Conversation: current}
 	changes, err := patch.apply(&probe, db.now())
-	if err != nil || (len(changes) == 0 && idem == nil) {
-		return current, err
+	if err != nil {
+		return Conversation{}, nil, err
+	}
+	if len(changes) == 0 && idem == nil {
+		return encoded(current)
 	}
 	var out Conversation
+	var body []byte
 	err = db.update(ctx, orgID, func(tx *Tx) error {
 		rec, err := readConversation(tx.bolt, orgID, convID)
 		if err != nil {
@@ -184,9 +193,13 @@ func (db *DB) UpdateConversation(ctx context.Context, orgID, convID string, patc
 			}
 		}
 		out = rec.Conversation
-		return tx.saveIdempotency(orgID, idem, out)
+		body, err = tx.reply(orgID, idem, out)
+		return err
 	})
-	return out, err
+	if err != nil {
+		return Conversation{}, nil, err
+	}
+	return out, body, nil
 }
 
 // apply makes the patch's changes to rec and lists them; a transition section 4 forbids is
@@ -309,7 +322,7 @@ func readConversation(btx *bolt.Tx, orgID, convID string) (*conversationRecord, 
 // putConversation stores rec and keeps the activity index and per-status counts in step with it;
 // old is the stored version before this unit changed it, nil for a new conversation.
 func (tx *Tx) putConversation(rec *conversationRecord, old *conversationRecord) error {
-	convJSON, err := json.Marshal(rec.Conversation)
+	convJSON, err := marshal(rec.Conversation)
 	if err != nil {
 		return err
 	}

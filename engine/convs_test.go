@@ -8,6 +8,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	bolt "go.etcd.io/bbolt"
 )
 
 func convIDs(convs []Conversation) []string {
@@ -239,11 +241,11 @@ func TestOtherOrgsConversationIsNotFound(t *testing.T) {
 			return err
 		}},
 		{"UpdateConversation", func(orgID, convID string) error {
-			_, err := db.UpdateConversation(context.Background(), orgID, convID, ConversationPatch{Status: &closed}, nil)
+			_, _, err := db.UpdateConversation(context.Background(), orgID, convID, ConversationPatch{Status: &closed}, nil)
 			return err
 		}},
 		{"PostMessage", func(orgID, convID string) error {
-			_, err := db.PostMessage(context.Background(), NewMessage{OrgID: orgID, ConversationID: convID, Author: AuthorVisitor, Text: "hi"}, nil)
+			_, _, err := db.PostMessage(context.Background(), NewMessage{OrgID: orgID, ConversationID: convID, Author: AuthorVisitor, Text: "hi"}, nil)
 			return err
 		}},
 		{"ListMessages", func(orgID, convID string) error {
@@ -251,7 +253,7 @@ func TestOtherOrgsConversationIsNotFound(t *testing.T) {
 			return err
 		}},
 		{"RequestAgent", func(orgID, convID string) error {
-			_, err := db.RequestAgent(context.Background(), orgID, convID, nil)
+			_, _, err := db.RequestAgent(context.Background(), orgID, convID, nil)
 			return err
 		}},
 	}
@@ -333,7 +335,7 @@ func TestCountByStatus(t *testing.T) {
 	want[StatusResolved]++
 	check("resolving one")
 
-	if _, err := db.PostMessage(context.Background(), NewMessage{OrgID: a.OrgID, ConversationID: c1.ID, Author: AuthorVisitor, Text: "still there?"}, nil); err != nil {
+	if _, _, err := db.PostMessage(context.Background(), NewMessage{OrgID: a.OrgID, ConversationID: c1.ID, Author: AuthorVisitor, Text: "still there?"}, nil); err != nil {
 		t.Fatal(err)
 	}
 	want[StatusResolved]--
@@ -345,7 +347,7 @@ func TestCountByStatus(t *testing.T) {
 	want[StatusOpen]++
 	check("an agent taking one over")
 
-	if _, err := db.RequestAgent(context.Background(), a.OrgID, c3.ID, nil); err != nil {
+	if _, _, err := db.RequestAgent(context.Background(), a.OrgID, c3.ID, nil); err != nil {
 		t.Fatal(err)
 	}
 	want[StatusBotActive]--
@@ -357,7 +359,7 @@ func TestCountByStatus(t *testing.T) {
 	check("a no-op PATCH and a plain reply")
 
 	archived := StatusArchived
-	_, err := db.UpdateConversation(context.Background(), b.OrgID, c2.ID, ConversationPatch{Status: &archived}, nil)
+	_, _, err := db.UpdateConversation(context.Background(), b.OrgID, c2.ID, ConversationPatch{Status: &archived}, nil)
 	wantCode(t, err, CodeInvalidState)
 	check("a refused transition")
 }
@@ -378,7 +380,7 @@ func TestReopenKeepsData(t *testing.T) {
 		t.Fatal(err)
 	}
 	name := "Ada"
-	created, err := db.CreateConversation(ctx, org.OrgID, NewConversation{Visitor: Visitor{Name: &name}}, nil)
+	created, _, err := db.CreateConversation(ctx, org.OrgID, NewConversation{Visitor: Visitor{Name: &name}}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -468,5 +470,24 @@ func TestReopenKeepsData(t *testing.T) {
 	}
 	if got := latestOffset(t, db, org.OrgID); got != latest+1 {
 		t.Errorf("first event after reopening has offset %d, want %d", got, latest+1)
+	}
+}
+
+// Every stored record keeps text as sent: a visitor's name with <, > and & is not escaped on disk.
+func TestConversationRecordsAreNotEscaped(t *testing.T) {
+	db := openTestDB(t)
+	org := newTestOrg(t, db)
+	name := "Ann <ann> & co"
+	created, _, err := db.CreateConversation(context.Background(), org.OrgID, NewConversation{Visitor: Visitor{Name: &name}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var raw []byte
+	db.bolt.View(func(btx *bolt.Tx) error {
+		raw = append(raw, btx.Bucket(bucketConvs).Get([]byte(org.OrgID+created.Conversation.ID))...)
+		return nil
+	})
+	if !bytes.Contains(raw, []byte(name)) {
+		t.Fatalf("the stored conversation does not hold the name as sent: %s", raw)
 	}
 }

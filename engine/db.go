@@ -55,7 +55,14 @@ import (
 // declares its buckets in Options.Buckets and reaches them only through Tx.Bucket and
 // DB.ViewBucket. Their layouts are written here too, so every key of the file is in one place:
 //
-//	(none yet)
+//	hook_endpoints   org id · endpoint id                  → webhook endpoint (JSON, with its secret)
+//	hook_cursors     org id · endpoint id                  → offset (8, BE): the last event the
+//	                 endpoint's worker handled (delivered, filtered out, or parked in hook_owed)
+//	hook_deliveries  org id · endpoint id · ^ULID (16)     → delivery with its attempts (JSON); the
+//	                 delivery id's ULID complemented, so an endpoint's rows sort newest first
+//	hook_owed        org id · endpoint id · offset (8, BE) → state (1: 'p' pending, 'f' failed) ·
+//	                 next attempt unix ms (8, BE) · delivery id: deliveries waiting for a retry or
+//	                 failed and kept for a manual one; their events are kept from pruning
 var (
 	bucketOrgs     = []byte("orgs")
 	bucketKeys     = []byte("keys")
@@ -84,19 +91,80 @@ const anyStatus = 0xFF
 // leaves every page of an append-only range half empty, doubling the file and the pages written.
 const appendFill = 0.95
 
-// schemaVersion names the key layouts above. A database written with other layouts is refused
-// rather than misread; a change of layout bumps it and adds a migration here.
+// schemaVersion names the key layouts above. An older file is migrated at Open, in the same
+// transaction that opens it, so it is either wholly of the old layout or wholly of the new one; a
+// newer file is refused rather than misread (ErrNewerSchema). A change of layout bumps it and
+// adds its step to migrations.
+//
+// Versions: 1, the first layout; 2, idempotency records gained a form byte after the fingerprint
+// (and message.created events may reference their message instead of copying it, which
+// version 1 events, carrying full data, need no change for).
 const schemaVersion = 2
 
 var schemaKey = []byte("schema")
 
-func checkSchema(meta *bolt.Bucket) error {
+// migrations[v] brings a file of version v to v+1 inside one write transaction.
+var migrations = map[uint64]func(*bolt.Tx) error{
+	1: migrateIdempotencyForms,
+}
+
+// ErrNewerSchema is returned by Open for a file written by a newer build: an older binary never
+// guesses at layouts it does not know.
+var ErrNewerSchema = errors.New("the database was written by a newer version of awardee")
+
+// checkSchema stamps a new file, migrates an older one step by step (telling onMigrate first),
+// and refuses a newer one.
+func checkSchema(tx *bolt.Tx, onMigrate func(from, to uint64)) error {
+	meta := tx.Bucket(bucketMeta)
 	v := meta.Get(schemaKey)
 	if v == nil {
 		return meta.Put(schemaKey, u64(schemaVersion))
 	}
-	if len(v) != 8 || binary.BigEndian.Uint64(v) != schemaVersion {
-		return fmt.Errorf("the database has an unknown schema version %x (this build reads %d)", v, schemaVersion)
+	if len(v) != 8 {
+		return fmt.Errorf("the database's schema version is damaged (%x)", v)
+	}
+	version := binary.BigEndian.Uint64(v)
+	if version > schemaVersion {
+		return fmt.Errorf("%w: schema version %d, this build reads up to %d", ErrNewerSchema, version, schemaVersion)
+	}
+	if version < schemaVersion && onMigrate != nil {
+		onMigrate(version, schemaVersion)
+	}
+	for ; version < schemaVersion; version++ {
+		step := migrations[version]
+		if step == nil {
+			return fmt.Errorf("no migration from schema version %d", version)
+		}
+		if err := step(tx); err != nil {
+			return fmt.Errorf("migrating schema version %d to %d: %w", version, version+1, err)
+		}
+	}
+	return meta.Put(schemaKey, u64(schemaVersion))
+}
+
+// migrateIdempotencyForms gives every version 1 idempotency record (created · status ·
+// fingerprint · body) the form byte of version 2, marking its body as stored in full.
+func migrateIdempotencyForms(tx *bolt.Tx) error {
+	records := tx.Bucket(bucketIdem)
+	type rewrite struct{ key, value []byte }
+	var rewrites []rewrite
+	err := records.ForEach(func(k, v []byte) error {
+		if len(v) < idemHeader-1 {
+			return nil // too short to be a record of either version; Check reports it
+		}
+		nv := make([]byte, 0, len(v)+1)
+		nv = append(nv, v[:idemHeader-1]...)
+		nv = append(nv, idemBody)
+		rewrites = append(rewrites, rewrite{append([]byte(nil), k...), append(nv, v[idemHeader-1:]...)})
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, r := range rewrites {
+		if err := records.Put(r.key, r.value); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -117,6 +185,9 @@ type Options struct {
 	Now func() time.Time
 	// Buckets are the plug-in buckets to create and allow (see the layout comment above).
 	Buckets []string
+	// OnMigrate, when set, is told before an older file is migrated to this build's layout, so
+	// the caller can say so (and that `awardee backup` keeps a copy of the old file first).
+	OnMigrate func(from, to uint64)
 }
 
 // DB is an open Awardee database. All writes go through its commit loop; reads run in their own
@@ -213,7 +284,7 @@ func Open(dir string, opts Options) (*DB, error) {
 					return err
 				}
 			}
-			if err := checkSchema(tx.Bucket(bucketMeta)); err != nil {
+			if err := checkSchema(tx, opts.OnMigrate); err != nil {
 				return err
 			}
 			key, err := ensureCursorKey(tx.Bucket(bucketMeta))

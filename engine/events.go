@@ -208,15 +208,31 @@ const pruneChunk = 500
 // PruneEvents deletes events created before cutoff from every org's log, in small units through
 // the commit loop so message posts keep flowing between them. It returns how many it deleted.
 func (db *DB) PruneEvents(ctx context.Context, cutoff time.Time) (int, error) {
+	return db.PruneEventsKeeping(ctx, cutoff, nil)
+}
+
+// PruneEventsKeeping is PruneEvents that also keeps, in each org's log, every event at or after
+// the offset keepFrom(org id) returns (the oldest one a consumer still owes); nil keeps none.
+func (db *DB) PruneEventsKeeping(ctx context.Context, cutoff time.Time, keepFrom func(orgID string) uint64) (int, error) {
 	orgs, err := db.Orgs()
 	if err != nil {
 		return 0, err
 	}
 	total := 0
 	for _, org := range orgs {
+		keep := uint64(math.MaxUint64)
+		if keepFrom != nil {
+			keep = keepFrom(org.ID)
+		}
 		for {
 			if err := ctx.Err(); err != nil {
 				return total, err
+			}
+			if oldest, _, err := db.LogBounds(org.ID); err != nil || oldest >= keep {
+				if err != nil {
+					return total, err
+				}
+				break
 			}
 			// Look before writing: a sweep with nothing to prune must not cost each org an
 			// fsync'd transaction.
@@ -240,7 +256,7 @@ func (db *DB) PruneEvents(ctx context.Context, cutoff time.Time) (int, error) {
 					if err != nil {
 						return err
 					}
-					if !ev.CreatedAt.Before(cutoff) {
+					if !ev.CreatedAt.Before(cutoff) || ev.Offset >= keep {
 						break
 					}
 					if err := c.Delete(); err != nil {

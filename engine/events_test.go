@@ -69,7 +69,7 @@ func TestEventOffsetsPerOrg(t *testing.T) {
 			wg.Go(func() {
 				<-gate
 				for p := range posts {
-					if _, err := db.PostMessage(context.Background(), NewMessage{OrgID: o.org.OrgID, ConversationID: o.conv.ID, Author: AuthorAgent, Text: fmt.Sprintf("w%d p%d", w, p)}, nil); err != nil {
+					if _, _, err := db.PostMessage(context.Background(), NewMessage{OrgID: o.org.OrgID, ConversationID: o.conv.ID, Author: AuthorAgent, Text: fmt.Sprintf("w%d p%d", w, p)}, nil); err != nil {
 						t.Errorf("post: %v", err)
 					}
 				}

@@ -45,7 +45,7 @@ func TestSubscriptionReadsEveryCommittedEventOnce(t *testing.T) {
 	for w := range writers {
 		wg.Go(func() {
 			for i := range perWriter {
-				if _, err := db.PostMessage(context.Background(), NewMessage{OrgID: org.OrgID, ConversationID: conv.ID, Author: AuthorAgent, Text: fmt.Sprintf("w%d-%d", w, i)}, nil); err != nil {
+				if _, _, err := db.PostMessage(context.Background(), NewMessage{OrgID: org.OrgID, ConversationID: conv.ID, Author: AuthorAgent, Text: fmt.Sprintf("w%d-%d", w, i)}, nil); err != nil {
 					t.Errorf("post: %v", err)
 				}
 			}

@@ -87,7 +87,7 @@ func newConv(tb testing.TB, db *DB, orgID string, s Status) Conversation {
 	if !ok {
 		tb.Fatalf("set-up: no path to status %s", s)
 	}
-	created, err := db.CreateConversation(context.Background(), orgID, NewConversation{Status: create}, nil)
+	created, _, err := db.CreateConversation(context.Background(), orgID, NewConversation{Status: create}, nil)
 	if err != nil {
 		tb.Fatalf("create conversation: %v", err)
 	}
@@ -104,7 +104,7 @@ func newConv(tb testing.TB, db *DB, orgID string, s Status) Conversation {
 // patchStatus moves a conversation to s and fails the test if that is refused.
 func patchStatus(tb testing.TB, db *DB, orgID, convID string, s Status) Conversation {
 	tb.Helper()
-	c, err := db.UpdateConversation(context.Background(), orgID, convID, ConversationPatch{Status: &s}, nil)
+	c, _, err := db.UpdateConversation(context.Background(), orgID, convID, ConversationPatch{Status: &s}, nil)
 	if err != nil {
 		tb.Fatalf("patch status to %s: %v", s, err)
 	}
@@ -114,7 +114,7 @@ func patchStatus(tb testing.TB, db *DB, orgID, convID string, s Status) Conversa
 // postAgent posts an agent reply and fails the test if it is refused.
 func postAgent(tb testing.TB, db *DB, orgID, convID, text string) Message {
 	tb.Helper()
-	m, err := db.PostMessage(context.Background(), NewMessage{OrgID: orgID, ConversationID: convID, Author: AuthorAgent, APIKeyID: "key_test", Text: text}, nil)
+	m, _, err := db.PostMessage(context.Background(), NewMessage{OrgID: orgID, ConversationID: convID, Author: AuthorAgent, APIKeyID: "key_test", Text: text}, nil)
 	if err != nil {
 		tb.Fatalf("post message: %v", err)
 	}

@@ -18,9 +18,6 @@ type Idempotency struct {
 	Fingerprint [32]byte // BLAKE3 of method, path and body, computed by the caller
 	Status      int      // the status the caller answers a success with
 
-	// Stored is set by the write to the body it stored, so the caller answers with exactly the
-	// bytes a replay will return.
-	Stored []byte
 }
 
 // IdempotencyRecord is a stored outcome, replayed byte for byte.
@@ -100,33 +97,36 @@ func idemCreatedAt(raw []byte) (time.Time, bool) {
 
 func idemKey(orgID, key string) []byte { return []byte(orgID + key) }
 
-// saveIdempotency stores result (as the JSON the caller will answer with) under idem's key; a nil
-// idem stores nothing.
-func (tx *Tx) saveIdempotency(orgID string, idem *Idempotency, result any) error {
-	if idem == nil {
-		return nil
-	}
+// Reply is reply for plug-ins whose writes answer keyed requests (webhook registration): the
+// outcome commits in the same unit as the change it reports.
+func (tx *Tx) Reply(orgID string, idem *Idempotency, result any) ([]byte, error) {
+	return tx.reply(orgID, idem, result)
+}
+
+// reply encodes result as the JSON the caller answers with and, for a keyed request, stores that
+// very encoding under idem's key, so the answer and any replay are the same bytes.
+func (tx *Tx) reply(orgID string, idem *Idempotency, result any) ([]byte, error) {
 	body, err := marshal(result)
-	if err != nil {
-		return err
+	if err != nil || idem == nil {
+		return body, err
 	}
-	return tx.putIdempotency(orgID, idem, idem.Status, body)
+	return body, tx.putIdempotency(orgID, idem, idem.Status, body)
 }
 
 // putIdempotency stores the record with its body and its entry in the time index (replacing the
-// entry of an expired record it overwrites), and hands the body back through idem.Stored.
+// entry of an expired record it overwrites).
 func (tx *Tx) putIdempotency(orgID string, idem *Idempotency, status int, body []byte) error {
-	return tx.putIdempotencyRecord(orgID, idem, idemRecord{status: status, form: idemBody, ref: body}, body)
+	return tx.putIdempotencyRecord(orgID, idem, idemRecord{status: status, form: idemBody, ref: body})
 }
 
 // putIdempotencyMessage stores a record whose body is the message this unit stored under convID
 // and seq, encoded as msgJSON, by reference.
-func (tx *Tx) putIdempotencyMessage(orgID string, idem *Idempotency, status int, convID string, seq uint64, msgJSON []byte) error {
+func (tx *Tx) putIdempotencyMessage(orgID string, idem *Idempotency, status int, convID string, seq uint64) error {
 	ref := append(u64(seq), convID...)
-	return tx.putIdempotencyRecord(orgID, idem, idemRecord{status: status, form: idemMessage, ref: ref}, msgJSON)
+	return tx.putIdempotencyRecord(orgID, idem, idemRecord{status: status, form: idemMessage, ref: ref})
 }
 
-func (tx *Tx) putIdempotencyRecord(orgID string, idem *Idempotency, rec idemRecord, body []byte) error {
+func (tx *Tx) putIdempotencyRecord(orgID string, idem *Idempotency, rec idemRecord) error {
 	key := idemKey(orgID, idem.Key)
 	records, byTime := tx.bolt.Bucket(bucketIdem), tx.bolt.Bucket(bucketIdemTime)
 	if at, ok := idemCreatedAt(records.Get(key)); ok {
@@ -138,11 +138,7 @@ func (tx *Tx) putIdempotencyRecord(orgID string, idem *Idempotency, rec idemReco
 	if err := records.Put(key, rec.encode()); err != nil {
 		return err
 	}
-	if err := byTime.Put(join(u64(uint64(tx.now.UnixMilli())), key), nil); err != nil {
-		return err
-	}
-	idem.Stored = body
-	return nil
+	return byTime.Put(join(u64(uint64(tx.now.UnixMilli())), key), nil)
 }
 
 // SaveOutcome stores a finished request's outcome that had no effect to commit with it (a 4xx),
@@ -230,6 +226,9 @@ type Maintenance struct {
 	EventRetention time.Duration
 	IdempotencyTTL time.Duration
 	Every          time.Duration
+	// KeepFrom, when set, gives the lowest offset of an org's log still owed to a consumer (a
+	// webhook cursor or retry); the event pruner keeps it and everything after it.
+	KeepFrom func(orgID string) uint64
 	// OnError reports a failed sweep, or a panicking one (with its stack); the next tick tries
 	// again.
 	OnError func(what string, err error)
@@ -244,7 +243,7 @@ func (db *DB) RunMaintenance(ctx context.Context, m Maintenance) {
 		}
 	}
 	sweepEvery(ctx, m.Every, func(ctx context.Context) {
-		_, err := db.PruneEvents(ctx, db.clock().Add(-m.EventRetention))
+		_, err := db.PruneEventsKeeping(ctx, db.clock().Add(-m.EventRetention), m.KeepFrom)
 		report("events", err)
 		_, err = db.PruneIdempotency(ctx, m.IdempotencyTTL)
 		report("idempotency keys", err)

@@ -205,7 +205,7 @@ func TestMemberReplyAssignsOnceUnderConcurrency(t *testing.T) {
 	errs := make([]error, 2)
 	for i, m := range []CreatedMember{ana, bob} {
 		wg.Go(func() {
-			_, errs[i] = db.PostMessage(context.Background(), NewMessage{OrgID: org.OrgID, ConversationID: conv.ID, Author: AuthorAgent, MemberID: m.Member.ID, Text: "hello"}, nil)
+			_, _, errs[i] = db.PostMessage(context.Background(), NewMessage{OrgID: org.OrgID, ConversationID: conv.ID, Author: AuthorAgent, MemberID: m.Member.ID, Text: "hello"}, nil)
 		})
 	}
 	wg.Wait()
@@ -242,7 +242,7 @@ func TestMemberReplyAssignsOnceUnderConcurrency(t *testing.T) {
 		t.Fatalf("changes %+v", d.Changes)
 	}
 	// The API's rule is unchanged: an API key replies to an assigned conversation.
-	if _, err := db.PostMessage(context.Background(), NewMessage{OrgID: org.OrgID, ConversationID: conv.ID, Author: AuthorAgent, APIKeyID: "key_x", Text: "api"}, nil); err != nil {
+	if _, _, err := db.PostMessage(context.Background(), NewMessage{OrgID: org.OrgID, ConversationID: conv.ID, Author: AuthorAgent, APIKeyID: "key_x", Text: "api"}, nil); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -254,10 +254,10 @@ func TestPatchAssigneeMustBeAMemberOfTheOrg(t *testing.T) {
 	stranger := newTestMember(t, db, other.OrgID, "eve@example.com", RoleAgent)
 	conv := newConv(t, db, org.OrgID, StatusOpen)
 	for _, a := range []string{"alice", stranger.Member.ID} {
-		_, err := db.UpdateConversation(context.Background(), org.OrgID, conv.ID, ConversationPatch{SetAssignee: true, Assignee: &a}, nil)
+		_, _, err := db.UpdateConversation(context.Background(), org.OrgID, conv.ID, ConversationPatch{SetAssignee: true, Assignee: &a}, nil)
 		wantCode(t, err, CodeValidation)
 	}
-	got, err := db.UpdateConversation(context.Background(), org.OrgID, conv.ID, ConversationPatch{SetAssignee: true, Assignee: &ana.Member.ID}, nil)
+	got, _, err := db.UpdateConversation(context.Background(), org.OrgID, conv.ID, ConversationPatch{SetAssignee: true, Assignee: &ana.Member.ID}, nil)
 	if err != nil || got.Assignee == nil || *got.Assignee != ana.Member.ID {
 		t.Fatalf("assign: %+v %v", got, err)
 	}

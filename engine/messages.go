@@ -66,11 +66,13 @@ func CheckMessage(author Author, current Status) error {
 // PostMessage appends a message in one unit: any status change the author's rule makes (with its
 // conversation.updated event), the takeover's system marker, then the message, each with its
 // message.created event, and the idempotency record. The status rule is applied to the status
-// read inside the transaction, so concurrent takeovers write exactly one marker.
-func (db *DB) PostMessage(ctx context.Context, in NewMessage, idem *Idempotency) (Message, error) {
+// read inside the transaction, so concurrent takeovers write exactly one marker. It returns the
+// message and its JSON as stored, which is the 201 body and, for a keyed request, what a replay
+// returns byte for byte.
+func (db *DB) PostMessage(ctx context.Context, in NewMessage, idem *Idempotency) (Message, []byte, error) {
 	text, err := ValidateMessage(in.Text, len(in.Attachments))
 	if err != nil {
-		return Message{}, err
+		return Message{}, nil, err
 	}
 	attachments := in.Attachments
 	if attachments == nil {
@@ -79,6 +81,7 @@ func (db *DB) PostMessage(ctx context.Context, in NewMessage, idem *Idempotency)
 	msgID := newID(PrefixMessage)
 	markerID := newID(PrefixMessage)
 	var out Message
+	var msgJSON []byte
 	err = db.update(ctx, in.OrgID, func(tx *Tx) error {
 		rec, err := readConversation(tx.bolt, in.OrgID, in.ConversationID)
 		if err != nil {
@@ -146,7 +149,6 @@ func (db *DB) PostMessage(ctx context.Context, in NewMessage, idem *Idempotency)
 		default:
 			msg.Role, msg.Metadata = RoleUser, MessageMetadata{Source: "widget"}
 		}
-		var msgJSON []byte
 		if out, msgJSON, err = tx.appendMessage(rec, convJSON, msg, now); err != nil {
 			return err
 		}
@@ -161,9 +163,12 @@ func (db *DB) PostMessage(ctx context.Context, in NewMessage, idem *Idempotency)
 		}
 		// The reply is the stored message, which never changes: the record points at it rather
 		// than keeping a second copy of its text, and a replay reads the very same bytes.
-		return tx.putIdempotencyMessage(in.OrgID, idem, idem.Status, rec.ID, out.Seq, msgJSON)
+		return tx.putIdempotencyMessage(in.OrgID, idem, idem.Status, rec.ID, out.Seq)
 	})
-	return out, err
+	if err != nil {
+		return Message{}, nil, err
+	}
+	return out, msgJSON, nil
 }
 
 // appendMessage gives msg the conversation's next seq and stores it with its event, whose data
@@ -213,17 +218,21 @@ func splice(parts ...any) []byte {
 
 // RequestAgent is the visitor asking for a human: bot_active becomes agent_requested; in
 // agent_requested or open nothing changes; a finished conversation refuses.
-func (db *DB) RequestAgent(ctx context.Context, orgID, convID string, idem *Idempotency) (Conversation, error) {
+func (db *DB) RequestAgent(ctx context.Context, orgID, convID string, idem *Idempotency) (Conversation, []byte, error) {
 	// As with a PATCH, a refusal or a no-op without a key is answered from a read.
 	current, err := db.Conversation(orgID, convID)
 	if err != nil {
-		return Conversation{}, err
+		return Conversation{}, nil, err
 	}
 	moves, err := requestAgentMoves(current.Status)
-	if err != nil || (!moves && idem == nil) {
-		return current, err
+	if err != nil {
+		return Conversation{}, nil, err
+	}
+	if !moves && idem == nil {
+		return encoded(current)
 	}
 	var out Conversation
+	var body []byte
 	err = db.update(ctx, orgID, func(tx *Tx) error {
 		rec, err := readConversation(tx.bolt, orgID, convID)
 		if err != nil {
@@ -246,9 +255,19 @@ func (db *DB) RequestAgent(ctx context.Context, orgID, convID string, idem *Idem
 			}
 		}
 		out = rec.Conversation
-		return tx.saveIdempotency(orgID, idem, out)
+		body, err = tx.reply(orgID, idem, out)
+		return err
 	})
-	return out, err
+	if err != nil {
+		return Conversation{}, nil, err
+	}
+	return out, body, nil
+}
+
+// encoded returns v with its JSON, the answer of a call that wrote nothing.
+func encoded[T any](v T) (T, []byte, error) {
+	body, err := marshal(v)
+	return v, body, err
 }
 
 // requestAgentMoves is the visitor's request-agent rule: whether status moves to agent_requested,

@@ -21,7 +21,7 @@ func TestTakeoverWritesInOrder(t *testing.T) {
 	sink := newEventSink(db)
 	before := latestOffset(t, db, org.OrgID)
 
-	reply, err := db.PostMessage(context.Background(), NewMessage{
+	reply, _, err := db.PostMessage(context.Background(), NewMessage{
 		OrgID: org.OrgID, ConversationID: conv.ID, Author: AuthorAgent, APIKeyID: "key_takeover", Text: "  Hi, I am here.  ",
 	}, nil)
 	if err != nil {
@@ -105,7 +105,7 @@ func TestConcurrentTakeoverWritesOneMarker(t *testing.T) {
 	for i := range agents {
 		wg.Go(func() {
 			<-gate
-			m, err := db.PostMessage(context.Background(), NewMessage{
+			m, _, err := db.PostMessage(context.Background(), NewMessage{
 				OrgID: org.OrgID, ConversationID: conv.ID, Author: AuthorAgent, APIKeyID: "key_a", Text: fmt.Sprintf("reply %d", i),
 			}, nil)
 			if err != nil {
@@ -175,7 +175,7 @@ func TestPostMessageFollowsAuthorRules(t *testing.T) {
 			conv := newConv(t, db, org.OrgID, r.status)
 			before := latestOffset(t, db, org.OrgID)
 
-			m, err := db.PostMessage(context.Background(), NewMessage{
+			m, _, err := db.PostMessage(context.Background(), NewMessage{
 				OrgID: org.OrgID, ConversationID: conv.ID, Author: r.author, APIKeyID: "key_r", Text: "hello",
 			}, nil)
 
@@ -291,7 +291,7 @@ func TestPostMessageInvalidBodyWritesNothing(t *testing.T) {
 		{Text: "x", Attachments: make([]Attachment, MaxAttachments+1)},
 	} {
 		in.OrgID, in.ConversationID, in.Author = org.OrgID, conv.ID, AuthorAgent
-		_, err := db.PostMessage(context.Background(), in, nil)
+		_, _, err := db.PostMessage(context.Background(), in, nil)
 		wantCode(t, err, CodeValidation)
 	}
 	if n := len(eventsAfter(t, db, org.OrgID, before)); n != 0 {
@@ -419,13 +419,13 @@ func TestPostMessageRechecksStatusInTransaction(t *testing.T) {
 			for i, s := range c.steps {
 				if s.patch != "" {
 					calls[i] = func() error {
-						_, err := db.UpdateConversation(context.Background(), org.OrgID, conv.ID, ConversationPatch{Status: &s.patch}, nil)
+						_, _, err := db.UpdateConversation(context.Background(), org.OrgID, conv.ID, ConversationPatch{Status: &s.patch}, nil)
 						return err
 					}
 					continue
 				}
 				calls[i] = func() error {
-					_, err := db.PostMessage(context.Background(), NewMessage{OrgID: org.OrgID, ConversationID: conv.ID, Author: s.author, Text: fmt.Sprintf("step %d", i)}, nil)
+					_, _, err := db.PostMessage(context.Background(), NewMessage{OrgID: org.OrgID, ConversationID: conv.ID, Author: s.author, Text: fmt.Sprintf("step %d", i)}, nil)
 					return err
 				}
 			}

@@ -319,7 +319,7 @@ func (db *DB) RevokeAPIKey(ctx context.Context, orgID, keyID string) error {
 }
 
 func putJSON(b *bolt.Bucket, key []byte, v any) error {
-	raw, err := json.Marshal(v)
+	raw, err := marshal(v)
 	if err != nil {
 		return err
 	}

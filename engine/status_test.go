@@ -59,7 +59,7 @@ func TestUpdateConversationStatusTable(t *testing.T) {
 				conv := newConv(t, db, org.OrgID, from)
 				before := latestOffset(t, db, org.OrgID)
 
-				got, err := db.UpdateConversation(context.Background(), org.OrgID, conv.ID, ConversationPatch{Status: &to}, nil)
+				got, _, err := db.UpdateConversation(context.Background(), org.OrgID, conv.ID, ConversationPatch{Status: &to}, nil)
 
 				wantStatus := from
 				if cell == "yes" {

@@ -70,7 +70,7 @@ func (th *testHub) newOrg(t testing.TB) engine.CreatedOrg {
 
 func (th *testHub) newConv(t testing.TB, orgID string, status engine.Status) engine.CreatedConversation {
 	t.Helper()
-	c, err := th.db.CreateConversation(context.Background(), orgID, engine.NewConversation{Status: status}, nil)
+	c, _, err := th.db.CreateConversation(context.Background(), orgID, engine.NewConversation{Status: status}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,7 +79,7 @@ func (th *testHub) newConv(t testing.TB, orgID string, status engine.Status) eng
 
 func (th *testHub) post(t testing.TB, orgID, convID, text string) engine.Message {
 	t.Helper()
-	m, err := th.db.PostMessage(context.Background(), engine.NewMessage{
+	m, _, err := th.db.PostMessage(context.Background(), engine.NewMessage{
 		OrgID: orgID, ConversationID: convID, Author: engine.AuthorAgent, Text: text,
 	}, nil)
 	if err != nil {

@@ -122,7 +122,7 @@ func TestResumeHasNoGapAndNoDuplicate(t *testing.T) {
 	var count atomic.Int64
 	post := func() {
 		if n := count.Add(1); n <= posts {
-			if _, err := th.db.PostMessage(context.Background(), engine.NewMessage{
+			if _, _, err := th.db.PostMessage(context.Background(), engine.NewMessage{
 				OrgID: org.OrgID, ConversationID: conv.Conversation.ID, Author: engine.AuthorAgent, Text: fmt.Sprint("m", n),
 			}, nil); err != nil {
 				t.Error(err)
@@ -301,7 +301,7 @@ func TestShutdownClosesEveryConnectionWithGoingAway(t *testing.T) {
 // A reader that stops reading is closed with 4008 once its queue overflows, while a fast reader
 // on the same org receives every event.
 func TestSlowReaderIsClosedWhileFastReadersKeepUp(t *testing.T) {
-	th := newTestHub(t, Options{SendQueue: 4})
+	th := newTestHub(t, Options{SendQueue: 64})
 	org := th.newOrg(t)
 	conv := th.newConv(t, org.OrgID, engine.StatusOpen)
 
