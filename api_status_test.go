@@ -312,7 +312,7 @@ func TestPatchAssignee(t *testing.T) {
 	ts := newTestServer(t)
 	org := ts.newOrg(t, 0, 0)
 	id := ts.conversationIn(t, org.APIKey, engine.StatusOpen)
-	alice := "alice"
+	alice := ts.newMember(t, org.OrgID, "alice@example.com", engine.RoleAgent).Member.ID
 	steps := []struct {
 		name     string
 		body     string
@@ -320,9 +320,9 @@ func TestPatchAssignee(t *testing.T) {
 		changeTo any // nil: no event expected
 		from     any
 	}{
-		{"assign", `{"assignee":"alice"}`, &alice, "alice", nil},
-		{"same assignee is a no-op", `{"assignee":" alice "}`, &alice, nil, nil},
-		{"unassign", `{"assignee":null}`, nil, "<null>", "alice"},
+		{"assign", `{"assignee":"` + alice + `"}`, &alice, alice, nil},
+		{"same assignee is a no-op", `{"assignee":" ` + alice + ` "}`, &alice, nil, nil},
+		{"unassign", `{"assignee":null}`, nil, "<null>", alice},
 		{"unassign again is a no-op", `{"assignee":null}`, nil, nil, nil},
 	}
 	for _, st := range steps {
@@ -363,8 +363,9 @@ func TestRefusedPatchChangesNothing(t *testing.T) {
 	ts := newTestServer(t)
 	org := ts.newOrg(t, 0, 0)
 	id := ts.conversationIn(t, org.APIKey, engine.StatusBotActive)
+	bob := ts.newMember(t, org.OrgID, "bob@example.com", engine.RoleAgent).Member.ID
 	before := captureState(t, ts, org.APIKey, id)
-	e := mustAPIError(t, ts.do(t, "PATCH", "/conversations/"+id, org.APIKey, `{"assignee":"bob","status":"archived"}`), 400, engine.CodeInvalidState)
+	e := mustAPIError(t, ts.do(t, "PATCH", "/conversations/"+id, org.APIKey, `{"assignee":"`+bob+`","status":"archived"}`), 400, engine.CodeInvalidState)
 	if e.Details["from"] != "bot_active" || e.Details["to"] != "archived" {
 		t.Fatalf("details %v", e.Details)
 	}

@@ -198,10 +198,12 @@ func (s *server) postMessage(c *call, author engine.Author) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	msg, body, err := s.db.PostMessage(c.engineCtx, engine.NewMessage{
-		OrgID: c.orgID(), ConversationID: id, Author: author, APIKeyID: c.who.KeyID,
-		Text: text, Attachments: attachments,
-	}, c.idem)
+	in := engine.NewMessage{OrgID: c.orgID(), ConversationID: id, Author: author, APIKeyID: c.who.KeyID, Text: text, Attachments: attachments}
+	if c.who.Kind == engine.KeyMember {
+		// A dashboard reply: section 12's assignment rule, and the member as its author.
+		in.APIKeyID, in.MemberID = "", c.who.MemberID
+	}
+	msg, body, err := s.db.PostMessage(c.engineCtx, in, c.idem)
 	if err != nil {
 		return nil, err
 	}

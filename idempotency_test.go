@@ -43,11 +43,12 @@ func TestIdempotencyAppliesToEveryPostAndPatch(t *testing.T) {
 	ts := newTestServer(t)
 	org := ts.newOrg(t, 0, 0)
 	convID, token := ts.newConversation(t, org.APIKey, engine.StatusBotActive)
+	ana := ts.newMember(t, org.OrgID, "ana@example.com", engine.RoleAgent).Member.ID
 	cases := []struct {
 		method, path, key, body string
 	}{
 		{"POST", "/conversations", org.APIKey, `{"status":"open"}`},
-		{"PATCH", "/conversations/" + convID, org.APIKey, `{"assignee":"ana"}`},
+		{"PATCH", "/conversations/" + convID, org.APIKey, `{"assignee":"` + ana + `"}`},
 		{"POST", "/conversations/" + convID + "/bot-messages", org.APIKey, `{"text":"bot says hi"}`},
 		{"POST", "/widget/conversations", org.WidgetKey, `{}`},
 		{"POST", "/widget/conversations/" + convID + "/messages", token, `{"text":"visitor says hi"}`},

@@ -1,10 +1,11 @@
 // Command awardee is a self-hosted chat-support server: one binary, one bbolt file, one node.
 //
-// Subcommands: serve, org create, org update, key create, backup, check. Every flag also reads its
+// Subcommands: serve, org create, org update, key create, member create, backup, check. Every flag also reads its
 // AWARDEE_<FLAG> environment variable.
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -16,6 +17,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -28,6 +30,7 @@ const usage = `usage:
   awardee org create --data DIR --name NAME [--rate 50] [--burst 100] [--initial-status open]
   awardee org update --data DIR --org ORG_ID [--rate R] [--burst B]
   awardee key create --data DIR --org ORG_ID [--name NAME]
+  awardee member create --data DIR --org ORG_ID --email E --name N [--role agent] [--password-stdin]
   awardee backup --data DIR OUT
   awardee check --data DIR
   awardee bench --url http://127.0.0.1:8080 --key ak_… [--concurrency 64] [--requests 50000] [--duration 30s]
@@ -68,6 +71,10 @@ func run(args []string, stdout, stderr io.Writer) error {
 	case "key":
 		if len(rest) > 0 && rest[0] == "create" {
 			return keyCreateCommand(rest[1:], stdout)
+		}
+	case "member":
+		if len(rest) > 0 && rest[0] == "create" {
+			return memberCreateCommand(rest[1:], os.Stdin, stdout)
 		}
 	case "backup":
 		return backupCommand(rest, stdout)
@@ -248,6 +255,46 @@ func keyCreateCommand(args []string, stdout io.Writer) error {
 	out, err := db.CreateAPIKey(context.Background(), *orgID, *name)
 	if err != nil {
 		return err
+	}
+	return printJSON(stdout, out)
+}
+
+// memberCreateCommand adds a team member; the generated password is printed this once. With
+// --password-stdin the first line of stdin is the password, and it is not echoed back.
+func memberCreateCommand(args []string, stdin io.Reader, stdout io.Writer) error {
+	fs := flag.NewFlagSet("member create", flag.ContinueOnError)
+	dir := fs.String("data", "", "data directory")
+	orgID := fs.String("org", "", "org id")
+	email := fs.String("email", "", "the member's email, which signs in")
+	name := fs.String("name", "", "the member's name, as the team sees it")
+	role := fs.String("role", string(engine.RoleAgent), "agent or admin")
+	fromStdin := fs.Bool("password-stdin", false, "read the password from the first line of stdin instead of generating one")
+	if err := parseWithEnv(fs, args); err != nil {
+		return err
+	}
+	var password string
+	if *fromStdin {
+		line, err := bufio.NewReader(io.LimitReader(stdin, 4*engine.MaxPasswordLength+2)).ReadString('\n')
+		if err != nil && !errors.Is(err, io.EOF) {
+			return fmt.Errorf("reading the password from stdin: %w", err)
+		}
+		password = strings.TrimRight(line, "\r\n")
+		if password == "" {
+			return errors.New("--password-stdin: stdin holds no password")
+		}
+	}
+	db, err := openOffline(*dir)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	created, err := db.CreateMember(context.Background(), *orgID, engine.NewMember{Email: *email, Name: *name, Role: engine.MemberRole(*role), Password: password})
+	if err != nil {
+		return err
+	}
+	out := map[string]string{"member_id": created.Member.ID}
+	if !*fromStdin {
+		out["password"] = created.Password
 	}
 	return printJSON(stdout, out)
 }

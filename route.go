@@ -21,6 +21,10 @@ type call struct {
 	ctx  *fasthttp.RequestCtx
 	who  engine.Principal
 	idem *engine.Idempotency // nil unless the request carries an Idempotency-Key
+	// session is the signed-in member's session when the request came with the session cookie
+	// (who is then of kind member), with the cookie's secret.
+	session       *engine.Session
+	sessionSecret string
 
 	// engineCtx is the context of the engine calls a handler makes: the request's, without its
 	// cancellation, which fasthttp fires at shutdown, when a draining server must still finish
@@ -55,13 +59,19 @@ func (s *server) serveRoute(ctx *fasthttp.RequestCtx, need engine.KeyKind, okSta
 	// API answers are per caller and some carry secrets (a visitor token, a replay of one): no
 	// cache may keep any of them.
 	ctx.Response.Header.Set("Cache-Control", "no-store")
-	if need != engine.KeyAPI {
+	if need == engine.KeyWidget || need == engine.KeyVisitor {
 		setCORS(ctx)
 	}
-	who, err := s.authenticate(ctx)
+	who, session, secret, err := s.authenticate(ctx)
 	if err != nil {
 		s.writeError(ctx, err)
 		return
+	}
+	if session != nil {
+		if err := checkCSRF(ctx, session); err != nil {
+			s.writeError(ctx, err)
+			return
+		}
 	}
 	// Every known key spends a token before anything else is judged, a key of the wrong kind
 	// included: the public widget key must not reach team endpoints unmetered.
@@ -73,7 +83,7 @@ func (s *server) serveRoute(ctx *fasthttp.RequestCtx, need engine.KeyKind, okSta
 		s.writeError(ctx, err)
 		return
 	}
-	c := &call{ctx: ctx, who: who, engineCtx: context.WithoutCancel(ctx)}
+	c := &call{ctx: ctx, who: who, session: session, sessionSecret: secret, engineCtx: context.WithoutCancel(ctx)}
 	if !ctx.IsPost() && !ctx.IsPatch() {
 		s.finish(c, okStatus, h)
 		return
@@ -218,18 +228,40 @@ func fingerprint(ctx *fasthttp.RequestCtx) [32]byte {
 	return out
 }
 
-// authenticate finds the request's principal from its bearer secret.
-func (s *server) authenticate(ctx *fasthttp.RequestCtx) (engine.Principal, error) {
+// authenticate finds the request's principal from its bearer secret or, without an
+// Authorization header, from the dashboard's session cookie (session.go). The cookie is only ever
+// a session: an API key in a cookie is not a key.
+func (s *server) authenticate(ctx *fasthttp.RequestCtx) (engine.Principal, *engine.Session, string, error) {
 	auth := ctx.Request.Header.Peek("Authorization")
+	if auth == nil {
+		if secret := ctx.Request.Header.Cookie(sessionCookie); len(secret) > 0 {
+			who, session, err := s.db.AuthenticateSession(context.WithoutCancel(ctx), string(secret))
+			if err != nil {
+				return engine.Principal{}, nil, "", err
+			}
+			return who, &session, string(secret), nil
+		}
+	}
 	// The scheme name is case-insensitive (RFC 9110 §11.1).
 	if len(auth) < 7 || !bytes.EqualFold(auth[:7], []byte("Bearer ")) {
-		return engine.Principal{}, engine.Errorf(engine.CodeUnauthorized, "send your key as Authorization: Bearer <key>")
+		return engine.Principal{}, nil, "", engine.Errorf(engine.CodeUnauthorized, "send your key as Authorization: Bearer <key>")
 	}
-	return s.db.Authenticate(strings.TrimSpace(string(auth[7:])))
+	secret := strings.TrimSpace(string(auth[7:]))
+	if strings.HasPrefix(secret, engine.SecretRealtime) {
+		// Single-use tokens are for /realtime's auth frame only; a request must not spend one.
+		return engine.Principal{}, nil, "", engine.Errorf(engine.CodeUnauthorized, "realtime tokens open /realtime only")
+	}
+	who, err := s.db.Authenticate(secret)
+	return who, nil, "", err
 }
 
-// checkKind refuses a known key of the wrong kind for the route with 403.
+// checkKind refuses a known key of the wrong kind for the route with 403. A signed-in member
+// may do what an API key does (admin-only routes check the role themselves, adminOnly), and
+// a route for sessions takes nothing else.
 func checkKind(who engine.Principal, want engine.KeyKind) error {
+	if want == engine.KeyAPI && who.Kind == engine.KeyMember {
+		return nil
+	}
 	if who.Kind != want {
 		return engine.Errorf(engine.CodeForbidden, "this endpoint takes %s, not %s", kindName(want), kindName(who.Kind))
 	}
@@ -242,6 +274,8 @@ func kindName(k engine.KeyKind) string {
 		return "an API key (ak_…)"
 	case engine.KeyWidget:
 		return "a widget key (wk_…)"
+	case engine.KeyMember:
+		return "a dashboard session"
 	default:
 		return "a visitor token (vt_…)"
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/awardee/awardee/engine"
 	"github.com/awardee/awardee/hooks"
 	"github.com/awardee/awardee/rt"
+	"github.com/awardee/awardee/web"
 	"github.com/fasthttp/router"
 	"github.com/valyala/fasthttp"
 )
@@ -56,6 +57,7 @@ type server struct {
 	metrics  *metrics
 	limits   *limiter
 	inflight *inflightKeys
+	signIns  *signInThrottle
 	attach   attacher
 	hooks    *hooks.Service
 	blobs    *blobs.Store
@@ -96,9 +98,9 @@ func newServer(cfg Config, log *slog.Logger, out io.Writer) (*server, error) {
 		publicURL = "http://" + cfg.Addr
 	}
 	fetcher := blobs.NewFetcher(blobs.FetchOptions{AllowPrivate: cfg.AllowPrivateNetworks})
-	s := &server{cfg: cfg, db: db, log: log, inflight: newInflightKeys(), blobs: store, fetcher: fetcher,
+	s := &server{cfg: cfg, db: db, log: log, inflight: newInflightKeys(), signIns: newSignInThrottle(), blobs: store, fetcher: fetcher,
 		attach: &fetchAttacher{fetcher: fetcher, store: store, publicURL: publicURL, log: log}}
-	if err := s.bootstrap(out); err != nil {
+	if err := s.bootstrap(out, publicURL); err != nil {
 		db.Close()
 		return nil, err
 	}
@@ -181,7 +183,13 @@ func newServer(cfg Config, log *slog.Logger, out io.Writer) (*server, error) {
 	return s, nil
 }
 
-func (s *server) bootstrap(out io.Writer) error {
+// bootstrapAdminEmail is the first admin's email: something to sign in with before anyone has
+// set up the team; the admin changes name and password from the dashboard.
+const bootstrapAdminEmail = "admin@localhost"
+
+// bootstrap makes an empty database usable: org "default" with its keys and an admin member,
+// whose secrets are printed this once, with the dashboard's address to sign in at.
+func (s *server) bootstrap(out io.Writer, publicURL string) error {
 	orgs, err := s.db.Orgs()
 	if err != nil || len(orgs) > 0 {
 		return err
@@ -190,8 +198,13 @@ func (s *server) bootstrap(out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "Created org \"default\" (%s). Its secrets are shown only this once:\n  API key:    %s\n  widget key: %s\n",
-		created.OrgID, created.APIKey, created.WidgetKey)
+	admin, err := s.db.CreateMember(context.Background(), created.OrgID, engine.NewMember{Email: bootstrapAdminEmail, Name: "Admin", Role: engine.RoleAdmin})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "Created org \"default\" (%s). Its secrets are shown only this once:\n  API key:    %s\n  widget key: %s\n"+
+		"  dashboard:  %s/app/\n  email:      %s\n  password:   %s\n",
+		created.OrgID, created.APIKey, created.WidgetKey, strings.TrimSuffix(publicURL, "/"), admin.Member.Email, admin.Password)
 	return nil
 }
 
@@ -252,7 +265,8 @@ func (s *server) transportError(ctx *fasthttp.RequestCtx, err error) {
 	}
 	// The path of a refused request may be unknown (its head was not parsed), and a browser
 	// must be able to read the refusal of a widget call: transport errors always carry CORS,
-	// which is harmless on the team's endpoints as no endpoint uses cookies.
+	// which is harmless on the team's endpoints: a wildcard origin never lets a page read an
+	// answer to a request sent with the dashboard's cookie, and the cookie is SameSite=Strict.
 	setCORS(ctx)
 	s.writeError(ctx, refusal)
 	s.metrics.observe("unmatched", ctx, start)
@@ -303,7 +317,7 @@ func (s *server) routes() fasthttp.RequestHandler {
 		r.Handle(method, path, s.route(path, need, okStatus, h))
 		// Browsers call the visitor side from other origins: each of its paths answers CORS
 		// preflights.
-		if need != engine.KeyAPI && !preflighted[path] {
+		if (need == engine.KeyWidget || need == engine.KeyVisitor) && !preflighted[path] {
 			preflighted[path] = true
 			r.OPTIONS(path, s.preflight)
 		}
@@ -318,6 +332,18 @@ func (s *server) routes() fasthttp.RequestHandler {
 	api("GET", "/events", engine.KeyAPI, 200, pages.bound(s.listEvents))
 	api("GET", "/assets", engine.KeyAPI, 200, pages.bound(s.listAssets))
 	api("GET", "/usage", engine.KeyAPI, 200, s.usage)
+
+	api("POST", "/members", engine.KeyAPI, 201, adminOnly(s.createMember))
+	api("GET", "/members", engine.KeyAPI, 200, adminOnly(s.listMembers))
+	api("PATCH", "/members/{id}", engine.KeyAPI, 200, adminOnly(s.patchMember))
+	api("GET", "/keys", engine.KeyAPI, 200, adminOnly(s.listKeys))
+	api("POST", "/keys", engine.KeyAPI, 201, adminOnly(s.createKey))
+	api("DELETE", "/keys/{id}", engine.KeyAPI, 200, adminOnly(s.deleteKey))
+	r.POST("/session", s.signIn)
+	api("GET", "/session", engine.KeyMember, 200, s.getSession)
+	api("DELETE", "/session", engine.KeyMember, 200, s.signOut)
+	api("POST", "/session/password", engine.KeyMember, 200, s.changePassword)
+	api("POST", "/session/realtime-token", engine.KeyMember, 200, s.realtimeToken)
 	r.GET("/files/{org}/{file}", s.serveFile)
 	api("POST", "/webhooks", engine.KeyAPI, 201, s.createWebhook)
 	api("GET", "/webhooks", engine.KeyAPI, 200, s.listWebhooks)
@@ -330,6 +356,14 @@ func (s *server) routes() fasthttp.RequestHandler {
 	api("GET", "/widget/conversations/{id}/messages", engine.KeyVisitor, 200, pages.bound(s.listMessages))
 	api("POST", "/widget/conversations/{id}/messages", engine.KeyVisitor, 201, s.postVisitorMessage)
 	api("POST", "/widget/conversations/{id}/request-agent", engine.KeyVisitor, 200, s.requestAgent)
+
+	app := web.NewApp("/app/")
+	r.GET("/app/{file:*}", func(ctx *fasthttp.RequestCtx) {
+		start := time.Now()
+		setRequestID(ctx)
+		app.Serve(ctx)
+		s.metrics.observe("/app/", ctx, start)
+	})
 
 	r.GET("/healthz", s.healthz)
 	r.GET("/metrics", s.metricsHandler())

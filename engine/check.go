@@ -282,6 +282,9 @@ func checkInvariants(btx *bolt.Tx, p *problemList) {
 
 	checkEvents(events, orgIDs, p)
 	checkIdempotency(idem, idemTime, p)
+	if members, emails, sessions := btx.Bucket(bucketMembers), btx.Bucket(bucketMemberEmails), btx.Bucket(bucketSessions); members != nil && emails != nil && sessions != nil {
+		checkMembers(members, emails, sessions, orgIDs, p)
+	}
 	if assets, refs := btx.Bucket(bucketAssets), btx.Bucket(bucketBlobRefs); assets != nil && refs != nil {
 		checkAssets(assets, refs, meta, orgIDs, p)
 	}
@@ -432,6 +435,45 @@ func checkIdempotency(idem, idemTime *bolt.Bucket, p *problemList) {
 		at, ok := idemCreatedAt(idem.Get(k[8:]))
 		if !ok || !bytes.Equal(u64(uint64(at.UnixMilli())), k[:8]) {
 			p.add("idem_time: entry %q points at no record of that time", k[8:])
+		}
+		return nil
+	})
+}
+
+// checkMembers verifies that every member belongs to an org and is found by its email, that the
+// email index holds nothing else, and that every session belongs to a member.
+func checkMembers(members, emails, sessions *bolt.Bucket, orgIDs map[string]bool, p *problemList) {
+	members.ForEach(func(k, v []byte) error {
+		var rec memberRecord
+		if err := json.Unmarshal(v, &rec); err != nil {
+			p.add("members: %s does not decode: %v", k, err)
+			return nil
+		}
+		if rec.OrgID+rec.ID != string(k) {
+			p.add("members: key %s holds member %s of org %s", k, rec.ID, rec.OrgID)
+		}
+		if !orgIDs[rec.OrgID] {
+			p.add("members: member %s belongs to a missing org %s", rec.ID, rec.OrgID)
+		}
+		if got := emails.Get(emailKey(rec.Email)); string(got) != string(k) {
+			p.add("member_emails: the email of member %s points at %q", rec.ID, got)
+		}
+		return nil
+	})
+	emails.ForEach(func(k, v []byte) error {
+		if members.Get(v) == nil {
+			p.add("member_emails: %s points at a missing member %s", k, v)
+		}
+		return nil
+	})
+	sessions.ForEach(func(k, v []byte) error {
+		var rec sessionRecord
+		if err := json.Unmarshal(v, &rec); err != nil {
+			p.add("sessions: %x does not decode: %v", k, err)
+			return nil
+		}
+		if members.Get([]byte(rec.OrgID+rec.MemberID)) == nil {
+			p.add("sessions: session %s belongs to a missing member %s", rec.ID, rec.MemberID)
 		}
 		return nil
 	})

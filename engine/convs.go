@@ -144,11 +144,19 @@ func (db *DB) UpdateConversation(ctx context.Context, orgID, convID string, patc
 	}
 	if patch.SetAssignee && patch.Assignee != nil {
 		a := strings.TrimSpace(*patch.Assignee)
-		if a == "" || len([]rune(a)) > MaxAssigneeLength {
-			return Conversation{}, nil, Errorf(CodeValidation, "assignee must be 1 to %d characters, or null to unassign", MaxAssigneeLength).
+		patch.Assignee = &a
+		// A team member of the org (disabled ones too: reassigning away from someone who
+		// left must not need them enabled again), or null.
+		var member bool
+		if ValidID(PrefixMember, a) {
+			if err := db.view(func(btx *bolt.Tx) error { member = memberIsInOrg(btx, orgID, a); return nil }); err != nil {
+				return Conversation{}, nil, err
+			}
+		}
+		if !member {
+			return Conversation{}, nil, Errorf(CodeValidation, "assignee must be the id of a team member of this org (mem_…), or null to unassign").
 				WithDetails(map[string]any{"field": "assignee"})
 		}
-		patch.Assignee = &a
 	}
 	// Judge the patch on a read first: a refused transition or a no-op (without a key to store)
 	// is answered without a write, and never costs its batch neighbours a re-run.

@@ -45,6 +45,9 @@ import (
 //	          "usage/" + org id                               → Usage (JSON): billed asset bytes and count
 //	          "schema"                                        → uint64: schemaVersion
 //	          "cursor_key"                                    → 32 random bytes: the MAC key of list cursors (cursor.go)
+//	members   org id · member id                              → memberRecord (JSON): password as an argon2id hash
+//	member_emails lower-cased email                           → org id · member id: emails are unique on the server
+//	sessions  BLAKE3-256(session secret)                      → sessionRecord (JSON); secrets are never stored
 //	probe     "probe"                                         → probeSize zero bytes: the write that
 //	          tells a full disk from one with room again (its own bucket, so no other write rewrites it)
 //
@@ -73,7 +76,12 @@ var (
 	bucketProbe    = []byte("probe")
 	bucketAssets   = []byte("assets")
 	bucketBlobRefs = []byte("blob_refs")
-	allBuckets     = [][]byte{bucketOrgs, bucketKeys, bucketConvs, bucketActivity, bucketMsgs, bucketEvents, bucketIdem, bucketIdemTime, bucketMeta, bucketProbe, bucketAssets, bucketBlobRefs}
+	// Members and sessions came after schema version 2 without changing any layout above: Open
+	// creates their buckets in an older file, so they need no new version.
+	bucketMembers      = []byte("members")
+	bucketMemberEmails = []byte("member_emails")
+	bucketSessions     = []byte("sessions")
+	allBuckets         = [][]byte{bucketOrgs, bucketKeys, bucketConvs, bucketActivity, bucketMsgs, bucketEvents, bucketIdem, bucketIdemTime, bucketMeta, bucketProbe, bucketAssets, bucketBlobRefs, bucketMembers, bucketMemberEmails, bucketSessions}
 )
 
 const anyStatus = 0xFF
@@ -204,6 +212,10 @@ type DB struct {
 
 	authMu    sync.Mutex
 	authCache map[[32]byte]authEntry
+	// authGen grows with every revocation: a lookup that started before one does not cache
+	// what it read, so a revoked key cannot come back from a read that raced its deletion.
+	authGen        uint64
+	realtimeTokens map[[32]byte]realtimeGrant
 
 	cursorKey []byte // seals list cursors; made once per database
 }
@@ -296,7 +308,7 @@ func Open(dir string, opts Options) (*DB, error) {
 		}
 		return nil, err
 	}
-	db := &DB{bolt: b, path: path, feed: newFeed(), clock: opts.Now, plugins: plugins, authCache: make(map[[32]byte]authEntry), cursorKey: cursorKey}
+	db := &DB{bolt: b, path: path, feed: newFeed(), clock: opts.Now, plugins: plugins, authCache: make(map[[32]byte]authEntry), realtimeTokens: make(map[[32]byte]realtimeGrant), cursorKey: cursorKey}
 	db.commits = startCommitter(db, opts.MaxBatch)
 	return db, nil
 }

@@ -247,5 +247,7 @@ func (db *DB) RunMaintenance(ctx context.Context, m Maintenance) {
 		report("events", err)
 		_, err = db.PruneIdempotency(ctx, m.IdempotencyTTL)
 		report("idempotency keys", err)
+		_, err = db.PruneSessions(ctx)
+		report("sessions", err)
 	}, func(err error) { report("maintenance", err) })
 }

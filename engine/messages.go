@@ -47,8 +47,11 @@ type NewMessage struct {
 	ConversationID string
 	Author         Author
 	APIKeyID       string // the key that posted it, for agents and bots
-	Text           string
-	Attachments    []Attachment
+	// MemberID is the team member replying from the dashboard (an agent's reply with a
+	// session); it brings section 12's assignment rule.
+	MemberID    string
+	Text        string
+	Attachments []Attachment
 }
 
 // CheckMessage is section 6's status check as a caller runs it before any slow work (attachment
@@ -89,6 +92,24 @@ func (db *DB) PostMessage(ctx context.Context, in NewMessage, idem *Idempotency)
 			return invalidForMessage(in.Author, rec.Status)
 		}
 		old := *rec
+		changes := map[string]Change{}
+		if plan.NewState != old.Status {
+			changes["status"] = Change{From: old.Status, To: plan.NewState}
+		}
+		// The dashboard's rule (section 12): a member's reply takes an unassigned conversation,
+		// judged here on the state inside the unit, so of two members replying at once exactly
+		// one takes it; someone else's conversation is theirs until a PATCH reassigns it.
+		if in.MemberID != "" {
+			switch {
+			case rec.Assignee == nil:
+				member := in.MemberID
+				rec.Assignee = &member
+				changes["assignee"] = Change{From: nil, To: member}
+			case *rec.Assignee != in.MemberID:
+				return Errorf(CodeInvalidState, "conversation is assigned to another team member; reassign it first").
+					WithDetails(map[string]any{"assignee": *rec.Assignee})
+			}
+		}
 		now := tx.now
 		rec.LastActivityAt = now
 		rec.Status = plan.NewState
@@ -97,8 +118,7 @@ func (db *DB) PostMessage(ctx context.Context, in NewMessage, idem *Idempotency)
 		if err != nil {
 			return err
 		}
-		if plan.NewState != old.Status {
-			changes := map[string]Change{"status": {From: old.Status, To: plan.NewState}}
+		if len(changes) > 0 {
 			changesJSON, err := marshal(changes)
 			if err != nil {
 				return err
@@ -121,6 +141,9 @@ func (db *DB) PostMessage(ctx context.Context, in NewMessage, idem *Idempotency)
 		switch in.Author {
 		case AuthorAgent:
 			msg.Role, msg.Metadata = RoleAssistant, MessageMetadata{Source: "api", APIKeyID: in.APIKeyID}
+			if in.MemberID != "" {
+				msg.Metadata = MessageMetadata{Source: "dashboard", MemberID: in.MemberID}
+			}
 		case AuthorBot:
 			msg.Role, msg.Metadata = RoleAssistant, MessageMetadata{Source: "bot", APIKeyID: in.APIKeyID}
 		default:

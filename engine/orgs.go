@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"encoding/json"
+	"slices"
 	"strings"
 	"time"
 
@@ -203,9 +204,9 @@ type authEntry struct {
 	expires   time.Time
 }
 
-// authCacheTTL bounds how long a looked-up key is trusted from memory. Keys are never revoked in
-// this version, so the cache can only save reads; the bound keeps it from growing with every
-// visitor token ever seen.
+// authCacheTTL bounds how long a looked-up key is trusted from memory; the bound keeps it from
+// growing with every visitor token ever seen. A revoked key is dropped from the cache by
+// RevokeAPIKey itself, so the TTL never delays a revocation.
 const (
 	authCacheTTL  = time.Minute
 	authCacheSize = 100_000
@@ -219,10 +220,14 @@ func (db *DB) Authenticate(secret string) (Principal, error) {
 	if secret == "" {
 		return Principal{}, errUnauthorized
 	}
+	if strings.HasPrefix(secret, SecretRealtime) {
+		return db.useRealtimeToken(secret)
+	}
 	h := hashSecret(secret)
 	now := db.clock()
 	db.authMu.Lock()
 	e, ok := db.authCache[h]
+	gen := db.authGen
 	db.authMu.Unlock()
 	if ok && now.Before(e.expires) {
 		return e.principal, nil
@@ -244,9 +249,73 @@ func (db *DB) Authenticate(secret string) (Principal, error) {
 	if len(db.authCache) >= authCacheSize {
 		clear(db.authCache)
 	}
-	db.authCache[h] = authEntry{principal: p, expires: now.Add(authCacheTTL)}
+	if gen == db.authGen {
+		db.authCache[h] = authEntry{principal: p, expires: now.Add(authCacheTTL)}
+	}
 	db.authMu.Unlock()
 	return p, nil
+}
+
+// KeyInfo is an API key as GET /keys lists it: never its secret.
+type KeyInfo struct {
+	ID        string `json:"id"`
+	Name      string `json:"name"`
+	CreatedAt Time   `json:"created_at"`
+}
+
+// APIKeys lists an org's API keys, oldest first.
+func (db *DB) APIKeys(orgID string) ([]KeyInfo, error) {
+	out := []KeyInfo{}
+	err := db.view(func(btx *bolt.Tx) error {
+		return btx.Bucket(bucketKeys).ForEach(func(_, v []byte) error {
+			var p Principal
+			if err := json.Unmarshal(v, &p); err != nil {
+				return err
+			}
+			if p.OrgID == orgID && p.Kind == KeyAPI {
+				out = append(out, KeyInfo{ID: p.KeyID, Name: p.Name, CreatedAt: p.CreatedAt})
+			}
+			return nil
+		})
+	})
+	slices.SortFunc(out, func(a, b KeyInfo) int { return strings.Compare(a.ID, b.ID) })
+	return out, err
+}
+
+// RevokeAPIKey deletes an org's API key. Once it returns, Authenticate refuses the key: its
+// cache entry is gone and no lookup that raced the deletion can put it back.
+func (db *DB) RevokeAPIKey(ctx context.Context, orgID, keyID string) error {
+	var revoked [32]byte
+	err := db.update(ctx, orgID, func(tx *Tx) error {
+		keys := tx.bolt.Bucket(bucketKeys)
+		var hash []byte
+		err := keys.ForEach(func(k, v []byte) error {
+			var p Principal
+			if err := json.Unmarshal(v, &p); err != nil {
+				return err
+			}
+			if p.OrgID == orgID && p.Kind == KeyAPI && p.KeyID == keyID {
+				hash = append([]byte(nil), k...)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		if hash == nil {
+			return notFound("key")
+		}
+		copy(revoked[:], hash)
+		return keys.Delete(hash)
+	})
+	if err != nil {
+		return err
+	}
+	db.authMu.Lock()
+	db.authGen++
+	delete(db.authCache, revoked)
+	db.authMu.Unlock()
+	return nil
 }
 
 func putJSON(b *bolt.Bucket, key []byte, v any) error {

@@ -23,7 +23,7 @@ func TestFeedAndLogCarryTheSameEvents(t *testing.T) {
 	conv := newConv(t, db, org.OrgID, StatusAgentRequested)
 	text := `<b>"Hi" & welcome</b> ` + strings.Repeat("é😀<", 3000)
 	reply := postAgent(t, db, org.OrgID, conv.ID, text) // a takeover: status change, marker, reply
-	assignee := "mem_<ann>"
+	assignee := newTestMember(t, db, org.OrgID, "ann@example.com", RoleAgent).Member.ID
 	if _, _, err := db.UpdateConversation(context.Background(), org.OrgID, conv.ID, ConversationPatch{SetAssignee: true, Assignee: &assignee}, nil); err != nil {
 		t.Fatal(err)
 	}

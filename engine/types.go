@@ -49,6 +49,9 @@ const (
 	KeyAPI     KeyKind = "api"     // ak_: the team's systems, the whole org
 	KeyWidget  KeyKind = "widget"  // wk_: public, only opens conversations
 	KeyVisitor KeyKind = "visitor" // vt_: one visitor, one conversation
+	// KeyMember is a team member signed in to the dashboard (a session cookie, or a realtime
+	// token made from one): the whole org, like an API key, and MemberID says who.
+	KeyMember KeyKind = "member"
 )
 
 // Principal is who a request acts for, as found from its bearer secret.
@@ -59,6 +62,9 @@ type Principal struct {
 	ConversationID string  `json:"conversation_id,omitempty"` // visitor tokens only
 	Name           string  `json:"name,omitempty"`
 	CreatedAt      Time    `json:"created_at"`
+	// MemberID and Role are set for KeyMember only; such principals are never stored in keys.
+	MemberID string     `json:"member_id,omitempty"`
+	Role     MemberRole `json:"role,omitempty"`
 }
 
 // Visitor is what the team knows of the person on the other side; both fields are optional.
@@ -107,6 +113,7 @@ type Attachment struct {
 type MessageMetadata struct {
 	Source   string `json:"source"`
 	APIKeyID string `json:"api_key_id,omitempty"`
+	MemberID string `json:"member_id,omitempty"` // replies from the dashboard
 	Event    string `json:"event,omitempty"`
 }
 

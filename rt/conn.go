@@ -28,7 +28,8 @@ type conn struct {
 	raw net.Conn // the socket itself, to cut a peer that stopped reading
 	who engine.Principal
 
-	attached bool // guarded by hub.mu: the connection is in hub.orgs
+	attached bool   // guarded by hub.mu: the connection is in hub.orgs
+	authedAt uint64 // guarded by hub.mu: the hub's revocation count when authentication began
 
 	mu        sync.Mutex
 	room      *sync.Cond // signalled when the writer takes a frame, or on close
@@ -148,6 +149,9 @@ func (c *conn) authenticate(msg []byte) (authRequest, bool) {
 		}
 		req.resume = true
 	}
+	h.mu.Lock()
+	c.authedAt = h.revocationCount
+	h.mu.Unlock()
 	who, err := h.opts.Auth.Authenticate(f.Token)
 	if err != nil {
 		var ee *engine.Error
@@ -188,6 +192,9 @@ func (c *conn) subscribe(req authRequest) {
 			}
 			return
 		}
+	}
+	if h.beforeAttach != nil {
+		h.beforeAttach()
 	}
 	if !h.attach(c) {
 		return // the hub is closing, and so is this connection

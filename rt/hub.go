@@ -107,6 +107,14 @@ type Hub struct {
 	liveDone chan struct{}
 	conns    sync.WaitGroup // connection handlers still running
 
+	// revocations are the recent Disconnect calls, newest last, numbered up to revocationCount:
+	// a connection whose token was checked before one of them but attaches after it is refused
+	// at attach, so a revocation cannot miss a socket that was authenticating meanwhile.
+	revocations     []revocation
+	revocationCount uint64
+	// beforeAttach, when set by a test, runs between a connection's authentication and attach.
+	beforeAttach func()
+
 	// beforeLive, when set by a test, runs between a connection's replay and its switch to
 	// live delivery: the moment an event committed then must not be lost or doubled.
 	beforeLive func()
@@ -296,6 +304,12 @@ func (h *Hub) attach(c *conn) bool {
 	if h.closed {
 		return false
 	}
+	for _, r := range h.revocations {
+		if r.number > c.authedAt && r.org == c.who.OrgID && r.match(c.who) {
+			c.refuse(errorFrame(engine.CodeUnauthorized, revokedMessage), CloseUnauthorized, "revoked")
+			return false
+		}
+	}
 	oc := h.orgs[c.who.OrgID]
 	if oc == nil {
 		oc = &orgConns{org: map[*conn]struct{}{}, byConv: map[string][]*conn{}}
@@ -380,4 +394,43 @@ func (h *Hub) fellBehindFeed() {
 			}
 		}
 	}
+}
+
+// Disconnect closes, with an unauthorized frame and 4001, every connection of org that sees the
+// whole org and whose principal match reports: how a revoked API key, a disabled member or an
+// ended session stops receiving events at once. It returns how many it closed.
+func (h *Hub) Disconnect(org string, match func(engine.Principal) bool) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	now := time.Now()
+	h.revocationCount++
+	h.revocations = append(h.revocations, revocation{number: h.revocationCount, org: org, match: match, at: now})
+	// A token check is one read; one older than revocationMemory is long finished.
+	for len(h.revocations) > 0 && now.Sub(h.revocations[0].at) > revocationMemory {
+		h.revocations = h.revocations[1:]
+	}
+	oc := h.orgs[org]
+	if oc == nil {
+		return 0
+	}
+	n := 0
+	for c := range oc.org {
+		if match(c.who) {
+			c.refuse(errorFrame(engine.CodeUnauthorized, revokedMessage), CloseUnauthorized, "revoked")
+			n++
+		}
+	}
+	return n
+}
+
+const revokedMessage = "the key or session of this connection was revoked"
+
+// revocationMemory is how long Disconnect's rule is kept for connections still authenticating.
+const revocationMemory = time.Minute
+
+type revocation struct {
+	number uint64
+	org    string
+	match  func(engine.Principal) bool
+	at     time.Time
 }
