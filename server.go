@@ -318,6 +318,8 @@ func (s *server) routes() fasthttp.RequestHandler {
 	api("GET", "/events", engine.KeyAPI, 200, pages.bound(s.listEvents))
 	api("GET", "/assets", engine.KeyAPI, 200, pages.bound(s.listAssets))
 	api("GET", "/usage", engine.KeyAPI, 200, s.usage)
+	api("GET", "/org/identity-secret", engine.KeyAPI, 200, s.getIdentitySecret)
+	api("POST", "/org/identity-secret", engine.KeyAPI, 200, s.rotateIdentitySecret)
 	r.GET("/files/{org}/{file}", s.serveFile)
 	api("POST", "/webhooks", engine.KeyAPI, 201, s.createWebhook)
 	api("GET", "/webhooks", engine.KeyAPI, 200, s.listWebhooks)

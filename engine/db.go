@@ -41,9 +41,14 @@ import (
 //	assets    org id · BLAKE3-256 of the bytes (32)          → Asset (JSON): the org's library
 //	blob_refs BLAKE3-256 of the bytes (32)                    → uint64: orgs whose library holds the
 //	          blob; the orphan sweeper deletes stored blobs without an entry
+//	visitor_users org id · user id                          → conv id: a verified user's latest
+//	          conversation (identity.go); followed while it is not closed or archived, replaced by
+//	          the next one opened after that
 //	meta      "count/" + status                               → uint64: conversations per status
 //	          "usage/" + org id                               → Usage (JSON): billed asset bytes and count
 //	          "schema"                                        → uint64: schemaVersion
+//	          "identity/" + org id                            → IdentitySecret (JSON): the HMAC key of
+//	          identity verification, stored as is (checking a hash needs it)
 //	          "cursor_key"                                    → 32 random bytes: the MAC key of list cursors (cursor.go)
 //	probe     "probe"                                         → probeSize zero bytes: the write that
 //	          tells a full disk from one with room again (its own bucket, so no other write rewrites it)
@@ -61,19 +66,20 @@ import (
 //	                 next attempt unix ms (8, BE) · delivery id: deliveries waiting for a retry or
 //	                 failed and kept for a manual one; their events are kept from pruning
 var (
-	bucketOrgs     = []byte("orgs")
-	bucketKeys     = []byte("keys")
-	bucketConvs    = []byte("convs")
-	bucketActivity = []byte("activity")
-	bucketMsgs     = []byte("msgs")
-	bucketEvents   = []byte("events")
-	bucketIdem     = []byte("idem")
-	bucketIdemTime = []byte("idem_time")
-	bucketMeta     = []byte("meta")
-	bucketProbe    = []byte("probe")
-	bucketAssets   = []byte("assets")
-	bucketBlobRefs = []byte("blob_refs")
-	allBuckets     = [][]byte{bucketOrgs, bucketKeys, bucketConvs, bucketActivity, bucketMsgs, bucketEvents, bucketIdem, bucketIdemTime, bucketMeta, bucketProbe, bucketAssets, bucketBlobRefs}
+	bucketOrgs         = []byte("orgs")
+	bucketKeys         = []byte("keys")
+	bucketConvs        = []byte("convs")
+	bucketActivity     = []byte("activity")
+	bucketMsgs         = []byte("msgs")
+	bucketEvents       = []byte("events")
+	bucketIdem         = []byte("idem")
+	bucketIdemTime     = []byte("idem_time")
+	bucketMeta         = []byte("meta")
+	bucketProbe        = []byte("probe")
+	bucketAssets       = []byte("assets")
+	bucketBlobRefs     = []byte("blob_refs")
+	bucketVisitorUsers = []byte("visitor_users")
+	allBuckets         = [][]byte{bucketOrgs, bucketKeys, bucketConvs, bucketActivity, bucketMsgs, bucketEvents, bucketIdem, bucketIdemTime, bucketMeta, bucketProbe, bucketAssets, bucketBlobRefs, bucketVisitorUsers}
 )
 
 const anyStatus = 0xFF
