@@ -18,6 +18,7 @@ import (
 	"github.com/awardee/awardee/engine"
 	"github.com/awardee/awardee/hooks"
 	"github.com/awardee/awardee/rt"
+	"github.com/awardee/awardee/web"
 	"github.com/fasthttp/router"
 	"github.com/valyala/fasthttp"
 )
@@ -63,6 +64,7 @@ type server struct {
 	conns    connStats
 	maxConns int
 	hub      *rt.Hub
+	widget   *web.Widget
 
 	stopBackground context.CancelFunc
 	background     sync.WaitGroup
@@ -98,7 +100,11 @@ func newServer(cfg Config, log *slog.Logger, out io.Writer) (*server, error) {
 	fetcher := blobs.NewFetcher(blobs.FetchOptions{AllowPrivate: cfg.AllowPrivateNetworks})
 	s := &server{cfg: cfg, db: db, log: log, inflight: newInflightKeys(), blobs: store, fetcher: fetcher,
 		attach: &fetchAttacher{fetcher: fetcher, store: store, publicURL: publicURL, log: log}}
-	if err := s.bootstrap(out); err != nil {
+	if s.widget, err = web.NewWidget(); err != nil {
+		db.Close()
+		return nil, err
+	}
+	if err := s.bootstrap(out, publicURL); err != nil {
 		db.Close()
 		return nil, err
 	}
@@ -181,7 +187,7 @@ func newServer(cfg Config, log *slog.Logger, out io.Writer) (*server, error) {
 	return s, nil
 }
 
-func (s *server) bootstrap(out io.Writer) error {
+func (s *server) bootstrap(out io.Writer, publicURL string) error {
 	orgs, err := s.db.Orgs()
 	if err != nil || len(orgs) > 0 {
 		return err
@@ -192,6 +198,7 @@ func (s *server) bootstrap(out io.Writer) error {
 	}
 	fmt.Fprintf(out, "Created org \"default\" (%s). Its secrets are shown only this once:\n  API key:    %s\n  widget key: %s\n",
 		created.OrgID, created.APIKey, created.WidgetKey)
+	fmt.Fprintf(out, "  widget demo: %s/demo?key=%s\n", strings.TrimSuffix(publicURL, "/"), created.WidgetKey)
 	return nil
 }
 
@@ -332,6 +339,10 @@ func (s *server) routes() fasthttp.RequestHandler {
 	api("GET", "/widget/conversations/{id}/messages", engine.KeyVisitor, 200, pages.bound(s.listMessages))
 	api("POST", "/widget/conversations/{id}/messages", engine.KeyVisitor, 201, s.postVisitorMessage)
 	api("POST", "/widget/conversations/{id}/request-agent", engine.KeyVisitor, 200, s.requestAgent)
+
+	r.GET("/widget.js", s.widget.ServeScript)
+	r.GET("/demo", s.widget.ServeDemo)
+	r.GET("/demo.css", s.widget.ServeDemoCSS)
 
 	r.GET("/healthz", s.healthz)
 	r.GET("/metrics", s.metricsHandler())
