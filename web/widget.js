@@ -198,7 +198,10 @@
   }
   var offline = !navigator.onLine;
   function renderStatus() {
-    human.classList.toggle('hidden', !(st.conv && st.status === 'bot_active'));
+    var hideHuman = !(st.conv && st.status === 'bot_active');
+    // A focused button that disappears would drop the focus out of the panel.
+    if (hideHuman && shadow.activeElement === human) input.focus();
+    human.classList.toggle('hidden', hideHuman);
     if (offline) setNote('You are offline. Messages will be sent when the connection is back.');
     else if (st.status === 'agent_requested') setNote('A person from our team will answer soon.');
     else if (st.status === 'closed' || st.status === 'archived') setNote('This conversation has ended. Send a message to start a new one.');
