@@ -13,6 +13,7 @@ import (
 	"github.com/chromedp/cdproto/accessibility"
 	"github.com/chromedp/cdproto/cdp"
 	"github.com/chromedp/cdproto/dom"
+	"github.com/chromedp/cdproto/input"
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
@@ -66,7 +67,8 @@ type tab struct {
 	ctx context.Context
 
 	mu       sync.Mutex
-	requests []string // every URL the page asked for, WebSockets included
+	requests []string // "METHOD URL" of every request of the page, "WS URL" for WebSockets
+	failed   int      // requests that failed (network loss, refusal)
 }
 
 func newTab(t *testing.T, browser context.Context) *tab {
@@ -78,11 +80,15 @@ func newTab(t *testing.T, browser context.Context) *tab {
 		switch e := ev.(type) {
 		case *network.EventRequestWillBeSent:
 			tb.mu.Lock()
-			tb.requests = append(tb.requests, e.Request.URL)
+			tb.requests = append(tb.requests, e.Request.Method+" "+e.Request.URL)
+			tb.mu.Unlock()
+		case *network.EventLoadingFailed:
+			tb.mu.Lock()
+			tb.failed++
 			tb.mu.Unlock()
 		case *network.EventWebSocketCreated:
 			tb.mu.Lock()
-			tb.requests = append(tb.requests, e.URL)
+			tb.requests = append(tb.requests, "WS "+e.URL)
 			tb.mu.Unlock()
 		}
 	}); err != nil {
@@ -92,6 +98,12 @@ func newTab(t *testing.T, browser context.Context) *tab {
 		t.Fatal(err)
 	}
 	return tb
+}
+
+func (tb *tab) failures() int {
+	tb.mu.Lock()
+	defer tb.mu.Unlock()
+	return tb.failed
 }
 
 func (tb *tab) requested() []string {
@@ -272,6 +284,23 @@ func (tb *tab) typeInto(role, name, text string) {
 }
 
 func (tb *tab) press(key string) { tb.t.Helper(); tb.do(chromedp.KeyEvent(key)) }
+
+// pressEnter sends Enter as a keyboard does: one keydown that carries the text, so a handler
+// that prevents its default also prevents the new line.
+func (tb *tab) pressEnter() {
+	tb.t.Helper()
+	ctx, cancel := context.WithTimeout(tb.ctx, browserWait)
+	defer cancel()
+	for _, typ := range []input.DispatchKeyEventType{input.DispatchKeyEventTypeKeyDown, input.DispatchKeyEventTypeKeyUp} {
+		p := input.DispatchKeyEventParams{Type: typ, Key: "Enter", Code: "Enter", WindowsVirtualKeyCode: 13, NativeVirtualKeyCode: 13}
+		if typ == input.DispatchKeyEventTypeKeyDown {
+			p.Text, p.UnmodifiedText = "\r", "\r"
+		}
+		if _, err := chromedp.Call(ctx, input.DispatchKeyEvent, p); err != nil {
+			tb.t.Fatal(err)
+		}
+	}
+}
 
 // focused reports whether the element with this role and name has the keyboard focus.
 func (tb *tab) focused(role, name string) bool {

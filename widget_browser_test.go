@@ -164,7 +164,8 @@ func (tb *tab) violations() []string {
 // checkOrigins fails on any request to a host other than the page's and the server's.
 func checkOrigins(t *testing.T, tb *tab, allowed ...string) {
 	t.Helper()
-	for _, u := range tb.requested() {
+	for _, r := range tb.requested() {
+		_, u, _ := strings.Cut(r, " ")
 		ok := strings.HasPrefix(u, "data:")
 		for _, a := range allowed {
 			ws := "ws" + strings.TrimPrefix(a, "http")
@@ -211,9 +212,14 @@ func widgetThread(t *testing.T, browser context.Context, shots string) {
 		t.Fatal("focus did not move into the panel")
 	}
 	tb.typeInto("textbox", "Message", "Hello from the page")
-	tb.press("\r")
+	tb.pressEnter()
 	tb.waitLog("the visitor's message", func(items []string) bool { return countOf(items, "Hello from the page") == 1 && countOf(items, "Sending") == 0 })
 
+	var left string
+	tb.call(tb.waitAX("textbox", "Message"), `function(){return this.value}`, &left)
+	if left != "" {
+		t.Fatalf("the textbox holds %q after Enter sent it", left)
+	}
 	conv := ts.onlyConversation(t, org.APIKey)
 	msgs := ts.messages(t, org.APIKey, conv.ID)
 	if len(msgs) != 1 || msgs[0].Metadata.Source != "widget" || msgs[0].Text != "Hello from the page" {
@@ -315,7 +321,7 @@ func widgetOffline(t *testing.T, browser context.Context) {
 	}
 	// Typed while offline: kept, shown pending.
 	tb.typeInto("textbox", "Message", "Sent from the tunnel")
-	tb.press("\r")
+	tb.pressEnter()
 	items := tb.waitLog("the pending message", func(items []string) bool { return countOf(items, "Sent from the tunnel") == 1 && countOf(items, "Sending") == 1 })
 	if countOf(items, "of three") != 0 {
 		t.Fatalf("replies arrived while offline: %q", items)
@@ -347,9 +353,52 @@ func widgetOffline(t *testing.T, browser context.Context) {
 			t.Fatalf("%q shown %d times in %q", want, n, items)
 		}
 	}
+
+	// The page goes away while a send is being committed: its answer is lost. The reloaded
+	// widget sends it again from localStorage with the same Idempotency-Key, which makes the
+	// retry that message, not a second one.
+	release := ts.holdCommitLoop(t)
+	sentBefore := len(tb.requested())
+	tb.typeInto("textbox", "Message", "Exactly once")
+	tb.pressEnter()
+	if !tb.poll(func(context.Context) bool { return commitQueueLength(t, ts) > 0 }) {
+		release()
+		t.Fatal("the send never reached the server")
+	}
+	tb.navigate(site.page(org.WidgetKey))
+	release()
+	tb.click("button", "Open chat")
+	shown := tb.waitLog("the retried send", func(items []string) bool { return countOf(items, "Exactly once") >= 1 && countOf(items, "Sending") == 0 })
+	posts := 0
+	for _, r := range tb.requested()[sentBefore:] {
+		if r == "POST "+ts.URL+"/widget/conversations/"+conv.ID+"/messages" {
+			posts++
+		}
+	}
+	texts = nil
+	for _, m := range ts.messages(t, org.APIKey, conv.ID) {
+		texts = append(texts, m.Text)
+	}
+	if n := countOf(texts, "Exactly once"); n != 1 || posts < 2 || countOf(shown, "Exactly once") != 1 {
+		t.Fatalf("stored %d copies after %d posts of it; the log shows %q", n, posts, shown)
+	}
 	if v := tb.violations(); len(v) > 0 {
 		t.Errorf("CSP violations: %q", v)
 	}
+}
+
+// commitQueueLength reads the write units waiting for a batch from /metrics.
+func commitQueueLength(t *testing.T, ts *testServer) float64 {
+	r := mustStatus(t, ts.do(t, "GET", "/metrics", "", nil), 200)
+	for _, line := range strings.Split(string(r.Body), "\n") {
+		if v, ok := strings.CutPrefix(line, "awardee_commit_queue_length "); ok {
+			var n float64
+			fmt.Sscan(v, &n)
+			return n
+		}
+	}
+	t.Fatal("no awardee_commit_queue_length in /metrics")
+	return 0
 }
 
 func widgetVerified(t *testing.T, browser context.Context, shots string) {
@@ -363,7 +412,7 @@ func widgetVerified(t *testing.T, browser context.Context, shots string) {
 	laptop.navigate(page)
 	laptop.click("button", "Open chat")
 	laptop.typeInto("textbox", "Message", "Written on my laptop")
-	laptop.press("\r")
+	laptop.pressEnter()
 	laptop.waitLog("the laptop's message", func(items []string) bool { return countOf(items, "Written on my laptop") == 1 && countOf(items, "Sending") == 0 })
 	conv := ts.onlyConversation(t, org.APIKey)
 	if v := conv.Visitor; v.UserID == nil || *v.UserID != "user-77" || v.Verified == nil || !*v.Verified {
@@ -382,7 +431,7 @@ func widgetVerified(t *testing.T, browser context.Context, shots string) {
 		t.Fatalf("on a phone the panel is %vx%v, not the whole 375x720 screen", box.W, box.H)
 	}
 	phone.typeInto("textbox", "Message", "And this from my phone")
-	phone.press("\r")
+	phone.pressEnter()
 	phone.waitLog("the phone's message", func(items []string) bool { return countOf(items, "from my phone") == 1 && countOf(items, "Sending") == 0 })
 	phone.screenshot(shots, "widget-phone")
 	laptop.waitLog("the phone's message on the laptop", func(items []string) bool { return countOf(items, "from my phone") == 1 })
@@ -395,7 +444,7 @@ func widgetVerified(t *testing.T, browser context.Context, shots string) {
 	forger.navigate(site.page(org.WidgetKey, "user-77", signUser("ids_guessed", "user-77")))
 	forger.click("button", "Open chat")
 	forger.typeInto("textbox", "Message", "Let me in")
-	forger.press("\r")
+	forger.pressEnter()
 	items := forger.waitLog("the refusal", func(items []string) bool { return countOf(items, "Not sent") == 1 })
 	if countOf(items, "Written on my laptop") != 0 {
 		t.Fatalf("a forged hash saw the thread: %q", items)
@@ -420,7 +469,7 @@ func widgetLatency(t *testing.T, browser context.Context) {
 	tb.navigate(site.page(org.WidgetKey))
 	tb.click("button", "Open chat")
 	tb.typeInto("textbox", "Message", "start")
-	tb.press("\r")
+	tb.pressEnter()
 	tb.waitLog("the first message", func(items []string) bool { return countOf(items, "start") == 1 && countOf(items, "Sending") == 0 })
 	conv := ts.onlyConversation(t, org.APIKey)
 	log := tb.waitAX("log", "Messages")

@@ -302,6 +302,9 @@
         backoff = 1000; flushing = false; flush();
       } else if (r.status === 429) {
         retryLater(Math.max(1, r.retryAfter) * 1000);
+      } else if (r.status === 409) {
+        // The same key is still running (a send from before a reload): ask again shortly.
+        retryLater(500);
       } else if (r.status >= 500) {
         retryLater(backoff); backoff = Math.min(backoff * 2, 30000);
       } else if (r.status === 400 && r.body && r.body.error && r.body.error.code === 'invalid_state') {
@@ -371,7 +374,8 @@
   window.addEventListener('online', function () {
     offline = false; renderStatus();
     wsBackoff = 500; connect();
-    backoff = 1000; clearTimeout(retryTimer); flushing = false; flush();
+    // A send still in flight keeps its turn; only a waiting retry is brought forward.
+    backoff = 1000; clearTimeout(retryTimer); flush();
   });
   // A laptop that slept may hold a socket that died silently: check on wake.
   document.addEventListener('visibilitychange', function () {
