@@ -325,8 +325,12 @@ func (tb *tab) waitLog(what string, cond func(items []string) bool) []string {
 	var items []string
 	log := tb.waitAX("log", "Messages")
 	if !tb.poll(func(ctx context.Context) bool {
-		items = nil
-		return tb.callCtx(ctx, log, `function(){return Array.from(this.children).map(e=>e.textContent)}`, &items) == nil && cond(items)
+		var now []string
+		if tb.callCtx(ctx, log, `function(){return Array.from(this.children).map(e=>e.textContent)}`, &now) != nil {
+			return false
+		}
+		items = now
+		return cond(items)
 	}) {
 		tb.t.Fatalf("the log never showed %s; it holds %q", what, items)
 	}

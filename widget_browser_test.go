@@ -201,6 +201,13 @@ func widgetThread(t *testing.T, browser context.Context, shots string) {
 	tb.navigate(site.page(org.WidgetKey))
 	tb.waitAX("button", "Open chat")
 	tb.waitNoAX("dialog", "Chat")
+	// The hostile stylesheet reaches neither the launcher's box nor its type.
+	var launcher struct{ W, H, Right, Bottom, Font float64 }
+	tb.call(tb.waitAX("button", "Open chat"), `function(){const r=this.getBoundingClientRect();
+		return {W:r.width,H:r.height,Right:innerWidth-r.right,Bottom:innerHeight-r.bottom,Font:parseFloat(getComputedStyle(this).fontSize)}}`, &launcher)
+	if launcher.W != 56 || launcher.H != 56 || launcher.Right != 20 || launcher.Bottom != 20 || launcher.Font != 15 {
+		t.Fatalf("the launcher is %+v, not 56x56 at 20px from the corner in 15px type", launcher)
+	}
 	tb.screenshot(shots, "widget-closed")
 	if n := ts.conversationCount(t, org.APIKey); n != 0 {
 		t.Fatalf("a page load opened %d conversations", n)
