@@ -68,7 +68,6 @@ type tab struct {
 
 	mu       sync.Mutex
 	requests []string // "METHOD URL" of every request of the page, "WS URL" for WebSockets
-	failed   int      // requests that failed (network loss, refusal)
 }
 
 func newTab(t *testing.T, browser context.Context) *tab {
@@ -82,10 +81,6 @@ func newTab(t *testing.T, browser context.Context) *tab {
 			tb.mu.Lock()
 			tb.requests = append(tb.requests, e.Request.Method+" "+e.Request.URL)
 			tb.mu.Unlock()
-		case *network.EventLoadingFailed:
-			tb.mu.Lock()
-			tb.failed++
-			tb.mu.Unlock()
 		case *network.EventWebSocketCreated:
 			tb.mu.Lock()
 			tb.requests = append(tb.requests, "WS "+e.URL)
@@ -98,12 +93,6 @@ func newTab(t *testing.T, browser context.Context) *tab {
 		t.Fatal(err)
 	}
 	return tb
-}
-
-func (tb *tab) failures() int {
-	tb.mu.Lock()
-	defer tb.mu.Unlock()
-	return tb.failed
 }
 
 func (tb *tab) requested() []string {
@@ -309,14 +298,6 @@ func (tb *tab) focused(role, name string) bool {
 		n, err := tb.findAX(ctx, role, name)
 		return err == nil && len(n) == 1 && string(n[0].props["focused"]) == "true"
 	})
-}
-
-// logItems returns the text of each entry of the log "Messages", in order.
-func (tb *tab) logItems() []string {
-	tb.t.Helper()
-	var items []string
-	tb.call(tb.waitAX("log", "Messages"), `function(){return Array.from(this.children).map(e=>e.textContent)}`, &items)
-	return items
 }
 
 // waitLog waits until the log's entries satisfy cond and returns them.

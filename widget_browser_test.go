@@ -220,7 +220,9 @@ func widgetThread(t *testing.T, browser context.Context, shots string) {
 	}
 	tb.typeInto("textbox", "Message", "Hello from the page")
 	tb.pressEnter()
-	tb.waitLog("the visitor's message", func(items []string) bool { return countOf(items, "Hello from the page") == 1 && countOf(items, "Sending") == 0 })
+	tb.waitLog("the visitor's message", func(items []string) bool {
+		return countOf(items, "Hello from the page") == 1 && countOf(items, "Sending") == 0
+	})
 
 	var left string
 	tb.call(tb.waitAX("textbox", "Message"), `function(){return this.value}`, &left)
@@ -310,7 +312,9 @@ func widgetOffline(t *testing.T, browser context.Context) {
 	tb.click("button", "Open chat")
 	tb.typeInto("textbox", "Message", "Before the tunnel")
 	tb.click("button", "Send")
-	tb.waitLog("the first message", func(items []string) bool { return countOf(items, "Before the tunnel") == 1 && countOf(items, "Sending") == 0 })
+	tb.waitLog("the first message", func(items []string) bool {
+		return countOf(items, "Before the tunnel") == 1 && countOf(items, "Sending") == 0
+	})
 	conv := ts.onlyConversation(t, org.APIKey)
 	mustStatus(t, ts.do(t, "POST", "/conversations/"+conv.ID+"/messages", org.APIKey, `{"text":"reply zero"}`), 201)
 	tb.waitLog("the live reply", func(items []string) bool { return countOf(items, "reply zero") == 1 })
@@ -329,7 +333,9 @@ func widgetOffline(t *testing.T, browser context.Context) {
 	// Typed while offline: kept, shown pending.
 	tb.typeInto("textbox", "Message", "Sent from the tunnel")
 	tb.pressEnter()
-	items := tb.waitLog("the pending message", func(items []string) bool { return countOf(items, "Sent from the tunnel") == 1 && countOf(items, "Sending") == 1 })
+	items := tb.waitLog("the pending message", func(items []string) bool {
+		return countOf(items, "Sent from the tunnel") == 1 && countOf(items, "Sending") == 1
+	})
 	if countOf(items, "of three") != 0 {
 		t.Fatalf("replies arrived while offline: %q", items)
 	}
@@ -375,7 +381,9 @@ func widgetOffline(t *testing.T, browser context.Context) {
 	tb.navigate(site.page(org.WidgetKey))
 	release()
 	tb.click("button", "Open chat")
-	shown := tb.waitLog("the retried send", func(items []string) bool { return countOf(items, "Exactly once") >= 1 && countOf(items, "Sending") == 0 })
+	shown := tb.waitLog("the retried send", func(items []string) bool {
+		return countOf(items, "Exactly once") >= 1 && countOf(items, "Sending") == 0
+	})
 	posts := 0
 	for _, r := range tb.requested()[sentBefore:] {
 		if r == "POST "+ts.URL+"/widget/conversations/"+conv.ID+"/messages" {
@@ -420,7 +428,9 @@ func widgetVerified(t *testing.T, browser context.Context, shots string) {
 	laptop.click("button", "Open chat")
 	laptop.typeInto("textbox", "Message", "Written on my laptop")
 	laptop.pressEnter()
-	laptop.waitLog("the laptop's message", func(items []string) bool { return countOf(items, "Written on my laptop") == 1 && countOf(items, "Sending") == 0 })
+	laptop.waitLog("the laptop's message", func(items []string) bool {
+		return countOf(items, "Written on my laptop") == 1 && countOf(items, "Sending") == 0
+	})
 	conv := ts.onlyConversation(t, org.APIKey)
 	if v := conv.Visitor; v.UserID == nil || *v.UserID != "user-77" || v.Verified == nil || !*v.Verified {
 		t.Fatalf("visitor %+v", v)
@@ -439,7 +449,9 @@ func widgetVerified(t *testing.T, browser context.Context, shots string) {
 	}
 	phone.typeInto("textbox", "Message", "And this from my phone")
 	phone.pressEnter()
-	phone.waitLog("the phone's message", func(items []string) bool { return countOf(items, "from my phone") == 1 && countOf(items, "Sending") == 0 })
+	phone.waitLog("the phone's message", func(items []string) bool {
+		return countOf(items, "from my phone") == 1 && countOf(items, "Sending") == 0
+	})
 	phone.screenshot(shots, "widget-phone")
 	laptop.waitLog("the phone's message on the laptop", func(items []string) bool { return countOf(items, "from my phone") == 1 })
 	if n := ts.conversationCount(t, org.APIKey); n != 1 {

@@ -165,7 +165,7 @@
     });
     return b;
   }
-  function addMessage(m) {
+  function addMessage(m, live) {
     if (!m || !m.seq || shown[m.seq]) return;
     var b = bubble(m.role, m.text, m.attachments);
     b.dataset.seq = m.seq;
@@ -178,7 +178,7 @@
     }
     log.insertBefore(b, after || firstPending());
     maxSeq = Math.max(maxSeq, m.seq);
-    if (!isOpen && m.role !== 'user') { unread++; badge.textContent = unread; badge.classList.remove('hidden'); }
+    if (live && !isOpen && m.role !== 'user') { unread++; badge.textContent = unread; badge.classList.remove('hidden'); }
     log.scrollTop = log.scrollHeight;
   }
   function firstPending() { return log.querySelector('.pending, .failed'); }
@@ -247,7 +247,7 @@
         if (conv !== st.conv) return;
         if (r.status === 401 || r.status === 404) { forgetConversation(); return; }
         if (r.status !== 200) return;
-        r.body.data.forEach(addMessage);
+        r.body.data.forEach(function (m) { addMessage(m); });
         if (r.body.next_cursor) return page(r.body.next_cursor);
       });
     }
@@ -355,7 +355,7 @@
       }
       if (f.type === 'resync_required') { loadThread(); return; }
       if (f.offset && f.offset > (st.offset || 0)) { st.offset = f.offset; save(); }
-      if (f.type === 'new_message' && f.conversation_id === st.conv) addMessage(f.message);
+      if (f.type === 'new_message' && f.conversation_id === st.conv) addMessage(f.message, true);
       else if (f.type === 'conversation.updated') setConversation(f.conversation);
     };
     sock.onclose = function (e) {
