@@ -272,6 +272,20 @@ func (tb *tab) typeInto(role, name, text string) {
 	tb.do(chromedp.KeyEvent(text))
 }
 
+// paste focuses the element and inserts text at once, as a paste or an input method does.
+func (tb *tab) paste(role, name, text string) {
+	tb.t.Helper()
+	n := tb.waitAX(role, name)
+	ctx, cancel := context.WithTimeout(tb.ctx, browserWait)
+	defer cancel()
+	if _, err := chromedp.Call(ctx, dom.Focus, dom.FocusParams{BackendNodeID: n.backend}); err != nil {
+		tb.t.Fatal(err)
+	}
+	if _, err := chromedp.Call(ctx, input.InsertText, input.InsertTextParams{Text: text}); err != nil {
+		tb.t.Fatal(err)
+	}
+}
+
 func (tb *tab) press(key string) { tb.t.Helper(); tb.do(chromedp.KeyEvent(key)) }
 
 // pressEnter sends Enter as a keyboard does: one keydown that carries the text, so a handler

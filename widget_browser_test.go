@@ -182,6 +182,7 @@ func TestWidgetInBrowser(t *testing.T) {
 	shots := screenshotDir(t)
 	t.Run("thread", func(t *testing.T) { widgetThread(t, browser, shots) })
 	t.Run("offline", func(t *testing.T) { widgetOffline(t, browser) })
+	t.Run("rate limited", func(t *testing.T) { widgetRateLimited(t, browser) })
 	t.Run("verified", func(t *testing.T) { widgetVerified(t, browser, shots) })
 	t.Run("latency", func(t *testing.T) { widgetLatency(t, browser) })
 	t.Logf("screenshots in %s", shots)
@@ -399,6 +400,50 @@ func widgetOffline(t *testing.T, browser context.Context) {
 	}
 	if v := tb.violations(); len(v) > 0 {
 		t.Errorf("CSP violations: %q", v)
+	}
+}
+
+// widgetRateLimited sends faster than the org's visitor window (4/s, burst 3) allows: the
+// widget waits out each 429's Retry-After and delivers every message once, in order.
+func widgetRateLimited(t *testing.T, browser context.Context) {
+	ts := newWidgetServer(t)
+	created, err := ts.db.CreateOrg(context.Background(), engine.NewOrg{Name: t.Name(), Rate: 4, Burst: 3, InitialStatus: engine.StatusOpen})
+	if err != nil {
+		t.Fatal(err)
+	}
+	org := testOrg{created}
+	site := newHostSite(t, ts.URL)
+	tb := newTab(t, browser)
+	tb.navigate(site.page(org.WidgetKey))
+	tb.click("button", "Open chat")
+	const n = 10
+	var want []string
+	for i := 1; i <= n; i++ {
+		want = append(want, fmt.Sprintf("burst message %02d", i))
+		tb.paste("textbox", "Message", want[i-1])
+		tb.pressEnter()
+	}
+	items := tb.waitLog("every message sent", func(items []string) bool { return countOf(items, "burst message") == n && countOf(items, "Sending") == 0 })
+	if countOf(items, "Not sent") != 0 {
+		t.Fatalf("a message was given up: %q", items)
+	}
+	conv := ts.onlyConversation(t, org.APIKey)
+	var got []string
+	for _, m := range ts.messages(t, org.APIKey, conv.ID) {
+		got = append(got, m.Text)
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("stored %q", got)
+	}
+	// More posts than messages: some were refused with 429 and sent again.
+	posts := 0
+	for _, r := range tb.requested() {
+		if r == "POST "+ts.URL+"/widget/conversations/"+conv.ID+"/messages" {
+			posts++
+		}
+	}
+	if posts <= n {
+		t.Fatalf("%d posts for %d messages: the burst never met the limit", posts, n)
 	}
 }
 

@@ -246,6 +246,7 @@
       return call('GET', convPath('/messages') + q, st.token).then(function (r) {
         if (conv !== st.conv) return;
         if (r.status === 401 || r.status === 404) { forgetConversation(); return; }
+        if (r.status === 429 || r.status >= 500) { setTimeout(loadThread, Math.max(1, r.retryAfter) * 1000); return; }
         if (r.status !== 200) return;
         r.body.data.forEach(function (m) { addMessage(m); });
         if (r.body.next_cursor) return page(r.body.next_cursor);
