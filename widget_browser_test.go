@@ -423,7 +423,9 @@ func widgetRateLimited(t *testing.T, browser context.Context) {
 		tb.paste("textbox", "Message", want[i-1])
 		tb.pressEnter()
 	}
-	items := tb.waitLog("every message sent", func(items []string) bool { return countOf(items, "burst message") == n && countOf(items, "Sending") == 0 })
+	items := tb.waitLog("every message sent", func(items []string) bool {
+		return countOf(items, "burst message") == n && countOf(items, "Sending") == 0
+	})
 	if countOf(items, "Not sent") != 0 {
 		t.Fatalf("a message was given up: %q", items)
 	}

@@ -169,7 +169,7 @@
     if (!m || !m.seq || shown[m.seq]) return;
     var b = bubble(m.role, m.text, m.attachments);
     b.dataset.seq = m.seq;
-    if (m.role === 'user') b.appendChild(el('span', 'sr', null, 'You: '));
+    if (m.role === 'user') b.insertBefore(el('span', 'sr', null, 'You: '), b.firstChild);
     shown[m.seq] = b;
     if (empty.parentNode) log.removeChild(empty);
     var after = null;
