@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -21,35 +20,6 @@ import (
 	"github.com/chromedp/chromedp/kb"
 	json "github.com/go-json-experiment/json"
 )
-
-// browserTimeout bounds one wait in the browser: generous, as CI runs on two shared cores.
-const browserTimeout = 20 * time.Second
-
-// newBrowser starts headless Chromium with a fresh profile and no outside network, and returns
-// the context of its first tab. Without Chromium the test is skipped, except in CI (.ci/run
-// installs it), where a skipped browser test would hide a broken dashboard.
-func newBrowser(t *testing.T) context.Context {
-	t.Helper()
-	path, err := exec.LookPath("chromium")
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("chromium is not installed")
-		}
-		t.Skip("chromium is not installed")
-	}
-	opts := append(slices.Clone(chromedp.DefaultExecAllocatorOptions[:]),
-		chromedp.ExecPath(path), chromedp.NoSandbox, chromedp.Headless, chromedp.DisableGPU,
-		chromedp.Flag("disable-background-networking", true), chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true), chromedp.NoFirstRun, chromedp.UserDataDir(t.TempDir()),
-		chromedp.WindowSize(1200, 800))
-	alloc, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
-	ctx, cancel := chromedp.NewContext(alloc)
-	t.Cleanup(func() { cancel(); cancelAlloc() })
-	if err := chromedp.Do(ctx); err != nil { // starts the browser, outside any timeout
-		t.Fatalf("starting chromium: %v", err)
-	}
-	return ctx
-}
 
 // byRole finds elements by accessible role and name, as a screen reader (and section 12) names
 // them. With partial, the name only has to contain name.
@@ -84,31 +54,31 @@ func byRole(role, name string, partial bool) chromedp.QueryOption {
 	})
 }
 
-// tab is one browser tab on the dashboard.
-type tab struct {
+// appTab is one browser appTab on the dashboard.
+type appTab struct {
 	t     *testing.T
 	ctx   context.Context
 	shots string
 }
 
-func (b *tab) do(what string, actions ...chromedp.Action[chromedp.Void]) {
+func (b *appTab) do(what string, actions ...chromedp.Action[chromedp.Void]) {
 	b.t.Helper()
-	ctx, cancel := context.WithTimeout(b.ctx, browserTimeout)
+	ctx, cancel := context.WithTimeout(b.ctx, browserWait)
 	defer cancel()
 	if err := chromedp.Do(ctx, actions...); err != nil {
 		b.t.Fatalf("%s: %v", what, err)
 	}
 }
 
-func (b *tab) click(role, name string) {
+func (b *appTab) click(role, name string) {
 	b.t.Helper()
 	b.do("click "+role+" "+name, chromedp.Click("", byRole(role, name, false), chromedp.NodeVisible))
 }
 
 // text is the text content of the element found by role and name.
-func (b *tab) text(role, name string) string {
+func (b *appTab) text(role, name string) string {
 	b.t.Helper()
-	ctx, cancel := context.WithTimeout(b.ctx, browserTimeout)
+	ctx, cancel := context.WithTimeout(b.ctx, browserWait)
 	defer cancel()
 	s, err := chromedp.Run(ctx, chromedp.TextContent("", byRole(role, name, false)))
 	if err != nil {
@@ -118,9 +88,9 @@ func (b *tab) text(role, name string) string {
 }
 
 // waitText waits until the element's text satisfies ok.
-func (b *tab) waitText(role, name, what string, ok func(string) bool) string {
+func (b *appTab) waitText(role, name, what string, ok func(string) bool) string {
 	b.t.Helper()
-	deadline := time.Now().Add(browserTimeout)
+	deadline := time.Now().Add(browserWait)
 	for {
 		s := b.text(role, name)
 		if ok(s) {
@@ -136,9 +106,9 @@ func (b *tab) waitText(role, name, what string, ok func(string) bool) string {
 	}
 }
 
-func (b *tab) screenshot(name string) {
+func (b *appTab) screenshot(name string) {
 	b.t.Helper()
-	ctx, cancel := context.WithTimeout(b.ctx, browserTimeout)
+	ctx, cancel := context.WithTimeout(b.ctx, browserWait)
 	defer cancel()
 	png, err := chromedp.Run(ctx, chromedp.CaptureScreenshot())
 	if err != nil {
@@ -151,7 +121,7 @@ func (b *tab) screenshot(name string) {
 	b.t.Logf("screenshot: %s", path)
 }
 
-func (b *tab) signIn(url, email, password string) {
+func (b *appTab) signIn(url, email, password string) {
 	b.t.Helper()
 	b.do("open the dashboard", chromedp.Navigate(url+"/app/"))
 	b.do("type the email", chromedp.SendKeys("", email, byRole("textbox", "Email", false), chromedp.NodeVisible))
@@ -161,9 +131,9 @@ func (b *tab) signIn(url, email, password string) {
 	b.waitText("status", "Connection", "connected", func(s string) bool { return s == "Live" })
 }
 
-func (b *tab) noSidewaysScroll(what string) {
+func (b *appTab) noSidewaysScroll(what string) {
 	b.t.Helper()
-	ctx, cancel := context.WithTimeout(b.ctx, browserTimeout)
+	ctx, cancel := context.WithTimeout(b.ctx, browserWait)
 	defer cancel()
 	widths, err := chromedp.Run(ctx, chromedp.Evaluate[[]int](`[document.documentElement.scrollWidth, document.documentElement.clientWidth]`))
 	if err != nil {
@@ -190,7 +160,7 @@ func TestDashboardInABrowser(t *testing.T) {
 		shots = t.TempDir()
 	}
 	browser := newBrowser(t)
-	a := &tab{t: t, ctx: browser, shots: shots}
+	a := &appTab{t: t, ctx: browser, shots: shots}
 	a.signIn(ts.URL, "ana@example.com", ana.Password)
 
 	// A visitor writes; the message appears without a reload.
@@ -257,10 +227,10 @@ func TestDashboardInABrowser(t *testing.T) {
 	// A second member, in a browser context of their own, sees it assigned to someone else.
 	bobCtx, cancelBob := chromedp.NewContext(browser, chromedp.WithNewBrowserContext(), chromedp.WithNewWindow(true))
 	defer cancelBob()
-	if err := chromedp.Do(bobCtx); err != nil { // opens the tab, outside any timeout
+	if err := chromedp.Do(bobCtx); err != nil { // opens the appTab, outside any timeout
 		t.Fatal(err)
 	}
-	b := &tab{t: t, ctx: bobCtx, shots: shots}
+	b := &appTab{t: t, ctx: bobCtx, shots: shots}
 	b.signIn(ts.URL, "bob@example.com", bob.Password)
 	b.waitText("list", "Conversations", "the conversation, assigned", func(s string) bool {
 		return strings.Contains(s, "Vera") && strings.Contains(s, "Assigned to a teammate")
@@ -295,7 +265,7 @@ func TestDashboardInABrowser(t *testing.T) {
 		text := fmt.Sprintf("latency probe %d.", i)
 		start := time.Now()
 		postVisitor(text)
-		ctx, cancel := context.WithTimeout(a.ctx, browserTimeout)
+		ctx, cancel := context.WithTimeout(a.ctx, browserWait)
 		_, err := chromedp.Run(ctx, chromedp.Poll[bool](fmt.Sprintf(`document.getElementById('messages').textContent.includes(%q)`, text), chromedp.WithPollingMutation()))
 		cancel()
 		if err != nil {
@@ -317,7 +287,7 @@ func TestDashboardInABrowser(t *testing.T) {
 	a.do("see the sign-in form", chromedp.WaitVisible("", byRole("button", "Sign in", false)))
 }
 
-// offline switches the tab's network off or back on: connections fail, and the page's
+// offline switches the appTab's network off or back on: connections fail, and the page's
 // navigator.onLine and online/offline events follow.
 func offline(off bool) chromedp.Action[chromedp.Void] {
 	return chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {

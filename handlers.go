@@ -34,13 +34,28 @@ func (s *server) widgetCreateConversation(c *call) (any, error) {
 // choose it.
 func (s *server) openConversation(c *call, statusAllowed bool) (any, error) {
 	var body struct {
-		Status  *string         `json:"status"`
-		Visitor *engine.Visitor `json:"visitor"`
+		Status   *string         `json:"status"`
+		Visitor  *engine.Visitor `json:"visitor"`
+		UserID   *string         `json:"user_id"`
+		UserHash *string         `json:"user_hash"`
+		Resume   bool            `json:"resume_only"`
 	}
 	if err := decodeJSON(c.ctx.PostBody(), &body, true); err != nil {
 		return nil, err
 	}
-	in := engine.NewConversation{}
+	in := engine.NewConversation{Unproven: !statusAllowed}
+	if !statusAllowed {
+		user, err := verifiedUser(body.UserID, body.UserHash)
+		if err != nil {
+			return nil, err
+		}
+		in.User = user
+		if body.Resume && user == nil {
+			return nil, engine.Errorf(engine.CodeValidation, "resume_only needs user_id and user_hash").
+				WithDetails(map[string]any{"field": "resume_only"})
+		}
+		in.ResumeOnly = body.Resume
+	}
 	if statusAllowed && body.Status != nil {
 		in.Status = engine.Status(*body.Status)
 		if in.Status == "" {

@@ -65,6 +65,7 @@ type server struct {
 	conns    connStats
 	maxConns int
 	hub      *rt.Hub
+	widget   *web.Widget
 
 	stopBackground context.CancelFunc
 	background     sync.WaitGroup
@@ -100,6 +101,10 @@ func newServer(cfg Config, log *slog.Logger, out io.Writer) (*server, error) {
 	fetcher := blobs.NewFetcher(blobs.FetchOptions{AllowPrivate: cfg.AllowPrivateNetworks})
 	s := &server{cfg: cfg, db: db, log: log, inflight: newInflightKeys(), signIns: newSignInThrottle(), blobs: store, fetcher: fetcher,
 		attach: &fetchAttacher{fetcher: fetcher, store: store, publicURL: publicURL, log: log}}
+	if s.widget, err = web.NewWidget(); err != nil {
+		db.Close()
+		return nil, err
+	}
 	if err := s.bootstrap(out, publicURL); err != nil {
 		db.Close()
 		return nil, err
@@ -205,6 +210,7 @@ func (s *server) bootstrap(out io.Writer, publicURL string) error {
 	fmt.Fprintf(out, "Created org \"default\" (%s). Its secrets are shown only this once:\n  API key:    %s\n  widget key: %s\n"+
 		"  dashboard:  %s/app/\n  email:      %s\n  password:   %s\n",
 		created.OrgID, created.APIKey, created.WidgetKey, strings.TrimSuffix(publicURL, "/"), admin.Member.Email, admin.Password)
+	fmt.Fprintf(out, "  widget demo: %s/demo?key=%s\n", strings.TrimSuffix(publicURL, "/"), created.WidgetKey)
 	return nil
 }
 
@@ -344,6 +350,8 @@ func (s *server) routes() fasthttp.RequestHandler {
 	api("DELETE", "/session", engine.KeyMember, 200, s.signOut)
 	api("POST", "/session/password", engine.KeyMember, 200, s.changePassword)
 	api("POST", "/session/realtime-token", engine.KeyMember, 200, s.realtimeToken)
+	api("GET", "/org/identity-secret", engine.KeyAPI, 200, adminOnly(s.getIdentitySecret))
+	api("POST", "/org/identity-secret", engine.KeyAPI, 200, adminOnly(s.rotateIdentitySecret))
 	r.GET("/files/{org}/{file}", s.serveFile)
 	api("POST", "/webhooks", engine.KeyAPI, 201, s.createWebhook)
 	api("GET", "/webhooks", engine.KeyAPI, 200, s.listWebhooks)
@@ -364,6 +372,9 @@ func (s *server) routes() fasthttp.RequestHandler {
 		app.Serve(ctx)
 		s.metrics.observe("/app/", ctx, start)
 	})
+	r.GET("/widget.js", s.widget.ServeScript)
+	r.GET("/demo", s.widget.ServeDemo)
+	r.GET("/demo.css", s.widget.ServeDemoCSS)
 
 	r.GET("/healthz", s.healthz)
 	r.GET("/metrics", s.metricsHandler())

@@ -288,6 +288,9 @@ func checkInvariants(btx *bolt.Tx, p *problemList) {
 	if assets, refs := btx.Bucket(bucketAssets), btx.Bucket(bucketBlobRefs); assets != nil && refs != nil {
 		checkAssets(assets, refs, meta, orgIDs, p)
 	}
+	if index := btx.Bucket(bucketVisitorUsers); index != nil {
+		checkVisitorUsers(index, convs, p)
+	}
 }
 
 // checkAssets verifies that each org's usage is the sum of its library, and that each blob's

@@ -23,6 +23,16 @@ const (
 type NewConversation struct {
 	Status  Status
 	Visitor Visitor
+	// User, when set, is a verified visitor: a wrong hash is refused, and a user who already has
+	// a continuable conversation gets it again (with a new visitor token) instead of a new one.
+	User *VerifiedUser
+	// ResumeOnly (with User) only hands back the user's conversation: when they have none it
+	// is not_found and nothing is made, so a page can show a signed-in user's thread on load
+	// without opening one.
+	ResumeOnly bool
+	// Unproven marks the visitor's name and email as theirs to claim (the widget's), shown with
+	// "verified": false.
+	Unproven bool
 }
 
 // CreatedConversation is a new conversation with the visitor token made for it, shown only here.
@@ -52,6 +62,7 @@ func ValidateVisitor(v Visitor) (Visitor, error) {
 		return &s, nil
 	}
 	var err error
+	v.UserID, v.Verified = nil, nil // only identity verification sets them, never a body
 	if v.Name, err = clean(v.Name, "name", MaxNameLength); err != nil {
 		return v, err
 	}
@@ -75,6 +86,24 @@ func (db *DB) CreateConversation(ctx context.Context, orgID string, in NewConver
 	if err != nil {
 		return CreatedConversation{}, nil, err
 	}
+	if in.User != nil {
+		if err := db.precheckUser(orgID, *in.User); err != nil {
+			return CreatedConversation{}, nil, err
+		}
+		if in.ResumeOnly {
+			if ok, err := db.hasConversationToResume(orgID, *in.User); err != nil || !ok {
+				if err == nil {
+					err = errNoConversationToResume()
+				}
+				return CreatedConversation{}, nil, err
+			}
+		}
+		id, yes := in.User.ID, true
+		visitor.UserID, visitor.Verified = &id, &yes
+	} else if in.Unproven && (visitor.Name != nil || visitor.Email != nil) {
+		no := false
+		visitor.Verified = &no
+	}
 	var out CreatedConversation
 	var body []byte
 	token := newSecret(SecretVisitor)
@@ -88,6 +117,20 @@ func (db *DB) CreateConversation(ctx context.Context, orgID string, in NewConver
 		}
 		if !found {
 			return notFound("org")
+		}
+		if in.User != nil {
+			prev, found, err := tx.openForUser(orgID, convID, *in.User, in.ResumeOnly)
+			if err != nil {
+				return err
+			}
+			if found {
+				if err := tx.putKey(token, Principal{KeyID: keyID, OrgID: orgID, Kind: KeyVisitor, ConversationID: prev.ID, CreatedAt: tx.now}); err != nil {
+					return err
+				}
+				out = CreatedConversation{Conversation: prev.Conversation, VisitorToken: token}
+				body, err = tx.reply(orgID, idem, out)
+				return err
+			}
 		}
 		status := in.Status
 		if status == "" {

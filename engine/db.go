@@ -41,9 +41,14 @@ import (
 //	assets    org id · BLAKE3-256 of the bytes (32)          → Asset (JSON): the org's library
 //	blob_refs BLAKE3-256 of the bytes (32)                    → uint64: orgs whose library holds the
 //	          blob; the orphan sweeper deletes stored blobs without an entry
+//	visitor_users org id · user id                          → conv id: a verified user's latest
+//	          conversation (identity.go); followed while it is not closed or archived, replaced by
+//	          the next one opened after that
 //	meta      "count/" + status                               → uint64: conversations per status
 //	          "usage/" + org id                               → Usage (JSON): billed asset bytes and count
 //	          "schema"                                        → uint64: schemaVersion
+//	          "identity/" + org id                            → IdentitySecret (JSON): the HMAC key of
+//	          identity verification, stored as is (checking a hash needs it)
 //	          "cursor_key"                                    → 32 random bytes: the MAC key of list cursors (cursor.go)
 //	members   org id · member id                              → memberRecord (JSON): password as an argon2id hash
 //	member_emails lower-cased email                           → org id · member id: emails are unique on the server
@@ -76,12 +81,13 @@ var (
 	bucketProbe    = []byte("probe")
 	bucketAssets   = []byte("assets")
 	bucketBlobRefs = []byte("blob_refs")
-	// Members and sessions came after schema version 2 without changing any layout above: Open
-	// creates their buckets in an older file, so they need no new version.
+	// Members, sessions and verified visitors came after schema version 2 without changing any
+	// layout above: Open creates their buckets in an older file, so they need no new version.
 	bucketMembers      = []byte("members")
 	bucketMemberEmails = []byte("member_emails")
 	bucketSessions     = []byte("sessions")
-	allBuckets         = [][]byte{bucketOrgs, bucketKeys, bucketConvs, bucketActivity, bucketMsgs, bucketEvents, bucketIdem, bucketIdemTime, bucketMeta, bucketProbe, bucketAssets, bucketBlobRefs, bucketMembers, bucketMemberEmails, bucketSessions}
+	bucketVisitorUsers = []byte("visitor_users")
+	allBuckets         = [][]byte{bucketOrgs, bucketKeys, bucketConvs, bucketActivity, bucketMsgs, bucketEvents, bucketIdem, bucketIdemTime, bucketMeta, bucketProbe, bucketAssets, bucketBlobRefs, bucketMembers, bucketMemberEmails, bucketSessions, bucketVisitorUsers}
 )
 
 const anyStatus = 0xFF

@@ -71,6 +71,11 @@ type Principal struct {
 type Visitor struct {
 	Name  *string `json:"name"`
 	Email *string `json:"email"`
+	// UserID is set only for a visitor whose site proved it (identity verification).
+	UserID *string `json:"user_id,omitempty"`
+	// Verified is true for a proven user id, false when a widget visitor gave a name or email
+	// that nothing proves, and absent otherwise (an anonymous visitor, or one the team entered).
+	Verified *bool `json:"verified,omitempty"`
 }
 
 // Conversation is a thread between one visitor and the org, as the API shows it.
