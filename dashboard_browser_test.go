@@ -155,10 +155,7 @@ func TestDashboardInABrowser(t *testing.T) {
 	org := testOrg{created}
 	ana := ts.newMember(t, org.OrgID, "ana@example.com", engine.RoleAgent)
 	bob := ts.newMember(t, org.OrgID, "bob@example.com", engine.RoleAgent)
-	shots := os.Getenv("AWARDEE_SCREENSHOTS")
-	if shots == "" {
-		shots = t.TempDir()
-	}
+	shots := screenshotDir(t)
 	browser := newBrowser(t)
 	a := &appTab{t: t, ctx: browser, shots: shots}
 	a.signIn(ts.URL, "ana@example.com", ana.Password)
