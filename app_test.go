@@ -45,3 +45,20 @@ func TestDashboardFilesAreServedCompressedAndRevalidated(t *testing.T) {
 		t.Fatalf("a missing file: %d", res.StatusCode)
 	}
 }
+
+// The bare path a person types reaches the dashboard.
+func TestBareAppPathRedirects(t *testing.T) {
+	ts := newTestServer(t)
+	req, err := http.NewRequest("GET", ts.URL+"/app", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := http.DefaultTransport.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if loc := res.Header.Get("Location"); res.StatusCode != http.StatusPermanentRedirect || (loc != "/app/" && loc != ts.URL+"/app/") {
+		t.Fatalf("GET /app: %d to %q, want 308 to /app/", res.StatusCode, res.Header.Get("Location"))
+	}
+}

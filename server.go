@@ -365,6 +365,11 @@ func (s *server) routes() fasthttp.RequestHandler {
 	api("POST", "/widget/conversations/{id}/messages", engine.KeyVisitor, 201, s.postVisitorMessage)
 	api("POST", "/widget/conversations/{id}/request-agent", engine.KeyVisitor, 200, s.requestAgent)
 
+	// The dashboard's pages are relative to /app/; the bare path a person types goes there.
+	r.GET("/app", func(ctx *fasthttp.RequestCtx) {
+		setRequestID(ctx)
+		ctx.Redirect("/app/", fasthttp.StatusPermanentRedirect)
+	})
 	app := web.NewApp("/app/")
 	r.GET("/app/{file:*}", func(ctx *fasthttp.RequestCtx) {
 		start := time.Now()
