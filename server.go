@@ -365,11 +365,6 @@ func (s *server) routes() fasthttp.RequestHandler {
 	api("POST", "/widget/conversations/{id}/messages", engine.KeyVisitor, 201, s.postVisitorMessage)
 	api("POST", "/widget/conversations/{id}/request-agent", engine.KeyVisitor, 200, s.requestAgent)
 
-	// The dashboard's pages are relative to /app/; the bare path a person types goes there.
-	r.GET("/app", func(ctx *fasthttp.RequestCtx) {
-		setRequestID(ctx)
-		ctx.Redirect("/app/", fasthttp.StatusPermanentRedirect)
-	})
 	app := web.NewApp("/app/")
 	r.GET("/app/{file:*}", func(ctx *fasthttp.RequestCtx) {
 		start := time.Now()
@@ -386,6 +381,13 @@ func (s *server) routes() fasthttp.RequestHandler {
 	r.GET("/realtime", s.realtime())
 
 	r.NotFound = func(ctx *fasthttp.RequestCtx) {
+		// The dashboard's pages are relative to /app/; the bare path a person types goes there.
+		// (A route of its own for /app would take /app/ away from the dashboard's catch-all.)
+		if ctx.IsGet() && string(ctx.Path()) == "/app" {
+			setRequestID(ctx)
+			ctx.Redirect("/app/", fasthttp.StatusPermanentRedirect)
+			return
+		}
 		start := time.Now()
 		s.writeError(ctx, engine.Errorf(engine.CodeNotFound, "no route for %s", ctx.Path()))
 		s.metrics.observe("unmatched", ctx, start)
