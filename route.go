@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"strconv"
 	"strings"
 	"sync"
@@ -150,18 +149,21 @@ func (s *server) finish(c *call, okStatus int, h handler) {
 		page.writeResponse(c.ctx, okStatus) // a list page, encoded under its bound (shed.go)
 		return
 	}
-	if err == nil && c.idem != nil {
-		// A keyed write must have stored its outcome with its effect (encodedReply); a handler
-		// that returns anything else under a key would answer without a record.
-		s.writeError(c.ctx, fmt.Errorf("a keyed request's handler returned %T instead of its stored reply", result))
-		return
-	}
 	if err == nil {
 		// json/v2, as the engine encodes what it stores: a reply then has the same bytes keyed or not.
 		body, mErr := json.Marshal(result)
 		if mErr != nil {
 			s.writeError(c.ctx, mErr)
 			return
+		}
+		if c.idem != nil {
+			// The writes of conversations, messages and webhooks store their outcome in their own
+			// unit (encodedReply). The team-management writes (members, keys, sessions) store it
+			// here, in a transaction of its own right after the effect: a crash between the two
+			// lets a retry run again, which the README says.
+			if sErr := s.db.SaveOutcome(context.Background(), c.orgID(), c.idem, okStatus, body); sErr != nil {
+				s.log.Warn("idempotency outcome not stored", "request_id", requestID(c.ctx), "err", sErr)
+			}
 		}
 		writeJSON(c.ctx, okStatus, body)
 		return

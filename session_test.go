@@ -409,3 +409,15 @@ func TestSignOutClosesTheSessionsWebSockets(t *testing.T) {
 		t.Fatalf("after signing out: frame %v, err %v, want close 4001", f, err)
 	}
 }
+
+// A keyed team-management write (here POST /keys) is replayed, not run twice: a retry gets the
+// same key back instead of a second one.
+func TestKeyedKeyCreationIsReplayed(t *testing.T) {
+	ts := newTestServer(t)
+	org := ts.newOrg(t, 0, 0)
+	first := mustStatus(t, ts.do(t, "POST", "/keys", org.APIKey, `{"name":"ci"}`, "Idempotency-Key", "new-key"), 201)
+	again := mustStatus(t, ts.do(t, "POST", "/keys", org.APIKey, `{"name":"ci"}`, "Idempotency-Key", "new-key"), 201)
+	if again.Header.Get("Idempotent-Replayed") != "true" || string(again.Body) != string(first.Body) {
+		t.Fatalf("a keyed POST /keys again: replayed %q, %s", again.Header.Get("Idempotent-Replayed"), again.Body)
+	}
+}
