@@ -27,6 +27,7 @@ type Config struct {
 	MaxConns             int
 	MaxConnsPerIP        int
 	MetricsToken         string
+	PprofAddr            string
 }
 
 func defaultConfig() Config {
@@ -62,6 +63,7 @@ func bindServeFlags(fs *flag.FlagSet, c *Config) {
 	fs.IntVar(&c.MaxConns, "max-conns", c.MaxConns, "most client connections open at once; 0 derives it from the file-descriptor limit (never above it)")
 	fs.IntVar(&c.MaxConnsPerIP, "max-conns-per-ip", c.MaxConnsPerIP, "most connections one client address may hold; 0 turns the cap off (behind a reverse proxy)")
 	fs.StringVar(&c.MetricsToken, "metrics-token", c.MetricsToken, "when set, GET /metrics requires Authorization: Bearer <token>")
+	fs.StringVar(&c.PprofAddr, "pprof-addr", c.PprofAddr, "serve Go's pprof profiles on this separate address (such as 127.0.0.1:6060); off when empty")
 }
 
 // parseWithEnv parses args; a flag not given on the command line takes AWARDEE_<FLAG> from the

@@ -65,6 +65,12 @@ func startTestServer(t testing.TB, cfg Config) *testServer {
 			t.Errorf("serve: %v", err)
 		}
 	})
+	// fasthttp's Shutdown finds nothing to stop if Serve has not registered its listener yet, and
+	// Serve would then run forever: return only once the server answers.
+	testkit.WaitFor(t, "the test server to answer", func() bool {
+		_, err := ts.try("GET", "/healthz", "", nil)
+		return err == nil
+	})
 	return ts
 }
 

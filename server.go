@@ -62,6 +62,7 @@ type server struct {
 	hooks    *hooks.Service
 	blobs    *blobs.Store
 	fetcher  *blobs.Fetcher
+	pprof    *pprofServer // nil unless --pprof-addr
 	conns    connStats
 	maxConns int
 	hub      *rt.Hub
@@ -105,7 +106,17 @@ func newServer(cfg Config, log *slog.Logger, out io.Writer) (*server, error) {
 		db.Close()
 		return nil, err
 	}
+	// Bound before the first org is made, so a start that cannot have it prints no secret.
+	if cfg.PprofAddr != "" {
+		if s.pprof, err = startPprof(cfg.PprofAddr, log); err != nil {
+			db.Close()
+			return nil, err
+		}
+	}
 	if err := s.bootstrap(out, publicURL); err != nil {
+		if s.pprof != nil {
+			s.pprof.close()
+		}
 		db.Close()
 		return nil, err
 	}
@@ -241,6 +252,9 @@ func (s *server) Close(ctx context.Context) error {
 		}
 		// WebSockets are hijacked, so the drain does not wait for them: they get 1001 now,
 		// while the database they replay from is still open.
+		if s.pprof != nil {
+			s.pprof.close()
+		}
 		if err := s.hub.Close(ctx); err != nil {
 			s.log.Warn("realtime shutdown cut connections", "err", err)
 		}
