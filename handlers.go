@@ -198,16 +198,22 @@ func (s *server) postMessage(c *call, author engine.Author) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	conv, err := s.db.Conversation(c.orgID(), id)
-	if err != nil {
-		return nil, err
-	}
-	text, urls, err := decodeMessageBody(c.ctx.PostBody())
-	if err != nil {
-		return nil, err
-	}
-	if err := engine.CheckMessage(author, conv.Status); err != nil {
-		return nil, err
+	text, urls, bodyErr := decodeMessageBody(c.ctx.PostBody())
+	if bodyErr != nil || len(urls) > 0 {
+		// Section 6 answers a missing conversation before a bad body, and the status before
+		// any download: both need the conversation read now. A text-only post leaves both
+		// checks to its write unit, which reads the conversation anyway and applies the same
+		// rules in the same order, so the hot path reads and decodes it once.
+		conv, err := s.db.Conversation(c.orgID(), id)
+		if err != nil {
+			return nil, err
+		}
+		if bodyErr != nil {
+			return nil, bodyErr
+		}
+		if err := engine.CheckMessage(author, conv.Status); err != nil {
+			return nil, err
+		}
 	}
 	attachments, err := s.attach.Attach(c.engineCtx, c.orgID(), urls)
 	if err != nil {
