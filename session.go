@@ -172,7 +172,19 @@ func (t *signInThrottle) limiters(email, client string) [2]*rate.Limiter {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if len(t.buckets) >= signInTracked {
-		clear(t.buckets)
+		// Forget the buckets that have refilled first: a full bucket is what a new one would be,
+		// so dropping it changes no answer, and a spray of made-up emails cannot wipe the
+		// throttle of the one being guessed. Only if every bucket is still draining is all
+		// forgotten, so memory stays bounded either way.
+		now := time.Now()
+		for k, l := range t.buckets {
+			if l.TokensAt(now) >= float64(l.Burst()) {
+				delete(t.buckets, k)
+			}
+		}
+		if len(t.buckets) >= signInTracked {
+			clear(t.buckets)
+		}
 	}
 	get := func(key string, every time.Duration, burst int) *rate.Limiter {
 		l := t.buckets[key]

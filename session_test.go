@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"regexp"
@@ -419,5 +420,19 @@ func TestKeyedKeyCreationIsReplayed(t *testing.T) {
 	again := mustStatus(t, ts.do(t, "POST", "/keys", org.APIKey, `{"name":"ci"}`, "Idempotency-Key", "new-key"), 201)
 	if again.Header.Get("Idempotent-Replayed") != "true" || string(again.Body) != string(first.Body) {
 		t.Fatalf("a keyed POST /keys again: replayed %q, %s", again.Header.Get("Idempotent-Replayed"), again.Body)
+	}
+}
+
+// Filling the throttle's memory with made-up emails forgets only refilled buckets: the one being
+// guessed keeps its spent tokens.
+func TestSignInThrottleSurvivesASprayOfEmails(t *testing.T) {
+	th := newSignInThrottle()
+	victim := th.limiters("victim@example.com", "203.0.113.1")[0]
+	victim.AllowN(time.Now(), signInBurst)
+	for i := range signInTracked {
+		th.limiters(fmt.Sprintf("spray-%d@example.com", i), "203.0.113.1")
+	}
+	if again := th.limiters("victim@example.com", "203.0.113.1")[0]; again != victim {
+		t.Fatal("a spray of emails reset the guessed email's throttle")
 	}
 }

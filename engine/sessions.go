@@ -68,6 +68,15 @@ func (db *DB) SignIn(ctx context.Context, email, password string) (string, Sessi
 	return secret, Session{ID: rec.ID, Member: m.Member, CSRFToken: rec.CSRFToken}, nil
 }
 
+// readSession is sessionState in a read transaction of its own.
+func (db *DB) readSession(h [32]byte) (rec *sessionRecord, m *memberRecord, err error) {
+	err = db.view(func(btx *bolt.Tx) error {
+		rec, m, err = db.sessionState(btx, h)
+		return err
+	})
+	return rec, m, err
+}
+
 // sessionState reads a session and its member and says whether it is still good: not expired,
 // the member enabled, the password unchanged since it was opened.
 func (db *DB) sessionState(btx *bolt.Tx, h [32]byte) (*sessionRecord, *memberRecord, error) {
@@ -100,13 +109,7 @@ func (db *DB) AuthenticateSession(ctx context.Context, secret string) (Principal
 		return Principal{}, Session{}, errSession
 	}
 	h := hashSecret(secret)
-	var rec *sessionRecord
-	var m *memberRecord
-	err := db.view(func(btx *bolt.Tx) error {
-		var err error
-		rec, m, err = db.sessionState(btx, h)
-		return err
-	})
+	rec, m, err := db.readSession(h)
 	if err != nil {
 		return Principal{}, Session{}, err
 	}
@@ -142,13 +145,7 @@ func (db *DB) ChangePassword(ctx context.Context, secret, current, next string) 
 		return err
 	}
 	h := hashSecret(secret)
-	var rec *sessionRecord
-	var m *memberRecord
-	err := db.view(func(btx *bolt.Tx) error {
-		var err error
-		rec, m, err = db.sessionState(btx, h)
-		return err
-	})
+	rec, m, err := db.readSession(h)
 	if err != nil {
 		return err
 	}
