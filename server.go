@@ -63,6 +63,8 @@ type server struct {
 	blobs    *blobs.Store
 	fetcher  *blobs.Fetcher
 	pprof    *pprofServer // nil unless --pprof-addr
+
+	teamPages, visitorPages *pageGate // the list routes' gates, set by routes()
 	conns    connStats
 	maxConns int
 	hub      *rt.Hub
@@ -332,7 +334,11 @@ func (s *server) routes() fasthttp.RequestHandler {
 	r.SaveMatchedRoutePath = false
 
 	preflighted := map[string]bool{}
-	pages := newPageGate(listsInFlight, listWait) // list routes: bounded pages in flight
+	// List routes: bounded pages in flight. Visitors have a gate of their own, so readers with
+	// nothing but the public widget key can never hold every slot the team's lists need.
+	pages := newPageGate(listsInFlight, listWait)
+	visitorPages := newPageGate(visitorListsInFlight, listWait)
+	s.teamPages, s.visitorPages = pages, visitorPages
 	api := func(method, path string, need engine.KeyKind, okStatus int, h handler) {
 		r.Handle(method, path, s.route(path, need, okStatus, h))
 		// Browsers call the visitor side from other origins: each of its paths answers CORS
@@ -375,7 +381,7 @@ func (s *server) routes() fasthttp.RequestHandler {
 
 	api("POST", "/widget/conversations", engine.KeyWidget, 201, s.widgetCreateConversation)
 	api("GET", "/widget/conversations/{id}", engine.KeyVisitor, 200, s.getConversation)
-	api("GET", "/widget/conversations/{id}/messages", engine.KeyVisitor, 200, pages.bound(s.listMessages))
+	api("GET", "/widget/conversations/{id}/messages", engine.KeyVisitor, 200, visitorPages.bound(s.listMessages))
 	api("POST", "/widget/conversations/{id}/messages", engine.KeyVisitor, 201, s.postVisitorMessage)
 	api("POST", "/widget/conversations/{id}/request-agent", engine.KeyVisitor, 200, s.requestAgent)
 

@@ -18,6 +18,10 @@ import (
 // cores are kept busy with 4 pages in flight, even with some of them waiting on slow sockets.
 const listsInFlight = 4
 
+// visitorListsInFlight is the visitors' own gate: a visitor's thread is one conversation, so
+// fewer slots serve them, and the two gates together stay within the memory bound above.
+const visitorListsInFlight = 2
+
 // listWait is how long a list request waits for a free slot before it is shed: a few pages'
 // time, to ride out a burst, and too short for waiting requests to pile up.
 const listWait = 500 * time.Millisecond

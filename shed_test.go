@@ -68,3 +68,23 @@ func TestPageGateShedsBeyondItsSlots(t *testing.T) {
 		t.Fatalf("after the page was written the slot is still taken: %v", err)
 	}
 }
+
+// Visitors' list requests have a gate of their own: with every visitor slot held, the team's
+// lists are still answered while another visitor's is shed.
+func TestVisitorsCannotHoldTheTeamsListSlots(t *testing.T) {
+	ts := newTestServer(t)
+	org := ts.newOrg(t, 0, 0)
+	id, token := ts.newConversation(t, org.APIKey, engine.StatusOpen)
+	for range visitorListsInFlight {
+		if !ts.visitorPages.acquire() {
+			t.Fatal("could not take a visitor slot")
+		}
+	}
+	defer func() {
+		for range visitorListsInFlight {
+			ts.visitorPages.release(nil)
+		}
+	}()
+	mustStatus(t, ts.do(t, "GET", "/conversations/"+id+"/messages", org.APIKey, nil), 200)
+	mustStatus(t, ts.do(t, "GET", "/widget/conversations/"+id+"/messages", token, nil), 503)
+}
