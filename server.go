@@ -65,10 +65,10 @@ type server struct {
 	pprof    *pprofServer // nil unless --pprof-addr
 
 	teamPages, visitorPages *pageGate // the list routes' gates, set by routes()
-	conns    connStats
-	maxConns int
-	hub      *rt.Hub
-	widget   *web.Widget
+	conns                   connStats
+	maxConns                int
+	hub                     *rt.Hub
+	widget                  *web.Widget
 
 	stopBackground context.CancelFunc
 	background     sync.WaitGroup
