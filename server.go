@@ -386,15 +386,18 @@ func (s *server) routes() fasthttp.RequestHandler {
 	api("POST", "/widget/conversations/{id}/request-agent", engine.KeyVisitor, 200, s.requestAgent)
 
 	app := web.NewApp("/app/")
+	app.NotFound = func(ctx *fasthttp.RequestCtx) {
+		s.writeError(ctx, engine.Errorf(engine.CodeNotFound, "no dashboard file at %s", ctx.Path()))
+	}
 	r.GET("/app/{file:*}", func(ctx *fasthttp.RequestCtx) {
 		start := time.Now()
 		setRequestID(ctx)
 		app.Serve(ctx)
 		s.metrics.observe("/app/", ctx, start)
 	})
-	r.GET("/widget.js", s.widget.ServeScript)
-	r.GET("/demo", s.widget.ServeDemo)
-	r.GET("/demo.css", s.widget.ServeDemoCSS)
+	r.GET("/widget.js", withRequestID(s.widget.ServeScript))
+	r.GET("/demo", withRequestID(s.widget.ServeDemo))
+	r.GET("/demo.css", withRequestID(s.widget.ServeDemoCSS))
 
 	r.GET("/healthz", s.healthz)
 	r.GET("/metrics", s.metricsHandler())
@@ -434,6 +437,15 @@ func (s *server) routes() fasthttp.RequestHandler {
 		if s.checkHead(ctx) {
 			r.Handler(ctx)
 		}
+	}
+}
+
+// withRequestID gives the answers of h, which knows nothing of the API, the X-Request-Id every
+// response carries.
+func withRequestID(h fasthttp.RequestHandler) fasthttp.RequestHandler {
+	return func(ctx *fasthttp.RequestCtx) {
+		setRequestID(ctx)
+		h(ctx)
 	}
 }
 

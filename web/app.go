@@ -35,6 +35,9 @@ type file struct {
 type App struct {
 	prefix string
 	files  map[string]*file
+	// NotFound answers a path under the prefix that names no file, so the caller can answer in
+	// its API's error shape; nil answers a plain 404.
+	NotFound fasthttp.RequestHandler
 }
 
 // NewApp reads the embedded dashboard.
@@ -94,6 +97,10 @@ func (a *App) Serve(ctx *fasthttp.RequestCtx) {
 	}
 	f := a.files[name]
 	if f == nil {
+		if a.NotFound != nil {
+			a.NotFound(ctx)
+			return
+		}
 		ctx.Error("not found", fasthttp.StatusNotFound)
 		return
 	}
