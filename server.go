@@ -70,6 +70,9 @@ type server struct {
 	hub                     *rt.Hub
 	widget                  *web.Widget
 
+	// router is the route table, set by routes(): openapi.json must describe every route of it.
+	router *router.Router
+
 	stopBackground context.CancelFunc
 	background     sync.WaitGroup
 	closeOnce      sync.Once
@@ -339,6 +342,7 @@ func (s *server) routes() fasthttp.RequestHandler {
 	pages := newPageGate(listsInFlight, listWait)
 	visitorPages := newPageGate(visitorListsInFlight, listWait)
 	s.teamPages, s.visitorPages = pages, visitorPages
+	s.router = r
 	api := func(method, path string, need engine.KeyKind, okStatus int, h handler) {
 		r.Handle(method, path, s.route(path, need, okStatus, h))
 		// Browsers call the visitor side from other origins: each of its paths answers CORS
@@ -402,6 +406,7 @@ func (s *server) routes() fasthttp.RequestHandler {
 	r.GET("/healthz", s.healthz)
 	r.GET("/metrics", s.metricsHandler())
 	r.GET("/realtime", s.realtime())
+	r.GET("/openapi.json", s.openAPI())
 
 	r.NotFound = func(ctx *fasthttp.RequestCtx) {
 		// The dashboard's pages are relative to /app/; the bare path a person types goes there.
