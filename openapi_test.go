@@ -21,6 +21,8 @@ import (
 	validator "github.com/pb33f/libopenapi-validator"
 	"github.com/pb33f/libopenapi-validator/config"
 	valerrors "github.com/pb33f/libopenapi-validator/errors"
+	"github.com/pb33f/libopenapi-validator/schema_validation"
+	"github.com/pb33f/libopenapi/datamodel/high/base"
 )
 
 // awaitingRouter lists operations the document describes before the router serves them: each is
@@ -84,7 +86,23 @@ func TestOpenAPIDescribesEveryRoute(t *testing.T) {
 	}
 }
 
-func newOpenAPIValidator(t *testing.T) validator.Validator {
+// mustJSONPointer is the raw JSON at ptr (/a/b/c, no escapes) in openapi.json.
+func mustJSONPointer(t *testing.T, ptr string) json.RawMessage {
+	t.Helper()
+	raw := json.RawMessage(openAPIDocument)
+	for _, name := range strings.Split(strings.TrimPrefix(ptr, "/"), "/") {
+		var m map[string]json.RawMessage
+		if err := json.Unmarshal(raw, &m); err != nil || m[name] == nil {
+			t.Fatalf("openapi.json has nothing at %s", ptr)
+		}
+		raw = m[name]
+	}
+	return raw
+}
+
+// newOpenAPIValidator checks openapi.json against the OpenAPI 3.1 schema and returns a validator
+// of HTTP exchanges and a lookup of its component schemas.
+func newOpenAPIValidator(t *testing.T) (validator.Validator, func(name string) *base.Schema) {
 	t.Helper()
 	doc, err := libopenapi.NewDocument(openAPIDocument)
 	if err != nil {
@@ -97,7 +115,18 @@ func newOpenAPIValidator(t *testing.T) validator.Validator {
 	if ok, verrs := v.ValidateDocument(); !ok {
 		t.Fatalf("openapi.json breaks the OpenAPI 3.1 schema:\n%s", describeViolations(verrs))
 	}
-	return v
+	model, err := doc.BuildV3Model()
+	if err != nil {
+		t.Fatal(err)
+	}
+	schema := func(name string) *base.Schema {
+		proxy := model.Model.Components.Schemas.GetOrZero(name)
+		if proxy == nil {
+			t.Fatalf("openapi.json has no schema %s", name)
+		}
+		return proxy.Schema()
+	}
+	return v, schema
 }
 
 func describeViolations(errs []*valerrors.ValidationError) string {
@@ -116,10 +145,12 @@ func describeViolations(errs []*valerrors.ValidationError) string {
 type openAPITour struct {
 	t         *testing.T
 	v         validator.Validator
+	schema    func(name string) *base.Schema
 	base      string
 	hc        *http.Client
 	templates map[string]string // routeShape → documented path
 	covered   map[string]bool
+	codes     map[string]bool // error codes answered
 }
 
 // exchange is one request and its answer as sent and received.
@@ -208,6 +239,34 @@ func shapeMatches(documented, concrete string) bool {
 	return true
 }
 
+// conforms holds what no operation describes (a WebSocket frame, a webhook's body, an answer
+// the router gives before any route) to one of the document's schemas.
+func (tr *openAPITour) conforms(schemaName, what string, body []byte) {
+	tr.t.Helper()
+	if ok, errs := schema_validation.NewSchemaValidator().ValidateSchemaBytes(tr.schema(schemaName), body); !ok {
+		tr.t.Errorf("%s breaks openapi.json's %s:\n%s\nbody: %.600s", what, schemaName, describeViolations(errs), body)
+	}
+}
+
+// unrouted checks an answer given before any operation: the router's 404 and 405 and the
+// transport's refusals, which the document describes in its info and its Error schema.
+func (tr *openAPITour) unrouted(want int, code, method, path string, headers ...string) resp {
+	tr.t.Helper()
+	x, err := tr.send(method, path, "", headers...)
+	if err != nil {
+		tr.t.Fatalf("%s %.80s: %v", method, path, err)
+	}
+	if x.Status != want || x.ErrorCode(tr.t) != code {
+		tr.t.Fatalf("%s %.80s: got %d %s, want %d %s", method, path, x.Status, x.Body, want, code)
+	}
+	tr.codes[code] = true
+	tr.conforms("Error", fmt.Sprintf("the %d answer to %s %.80s", want, method, path), x.Body)
+	if !regexp.MustCompile(`^req_[0-9A-HJKMNP-TV-Z]{26}$`).MatchString(x.Header.Get("X-Request-Id")) {
+		tr.t.Errorf("the %d answer to %s %.80s has X-Request-Id %q", want, method, path, x.Header.Get("X-Request-Id"))
+	}
+	return x.resp
+}
+
 // ok sends a valid request, checks both sides and that it got status want.
 func (tr *openAPITour) ok(want int, method, path, body string, headers ...string) resp {
 	tr.t.Helper()
@@ -233,6 +292,7 @@ func (tr *openAPITour) refused(want int, code, method, path, body string, header
 	if r.Status != want || (code != "" && r.ErrorCode(tr.t) != code) {
 		tr.t.Fatalf("%s %s: got %d %s, want %d %s", method, path, r.Status, r.Body, want, code)
 	}
+	tr.codes[code] = true
 	return r
 }
 
@@ -257,7 +317,8 @@ func TestOpenAPIMatchesRealAnswers(t *testing.T) {
 	receiverDown := true
 	rcv.fail = func(int) bool { receiverMu.Lock(); defer receiverMu.Unlock(); return receiverDown }
 	ts := newTestServer(t, allowPrivate, func(c *Config) { c.WebhookRetrySchedule = "10ms" })
-	tr := &openAPITour{t: t, v: newOpenAPIValidator(t), base: ts.URL, hc: ts.hc, covered: map[string]bool{}}
+	v, schema := newOpenAPIValidator(t)
+	tr := &openAPITour{t: t, v: v, schema: schema, base: ts.URL, hc: ts.hc, covered: map[string]bool{}, codes: map[string]bool{}}
 	tr.templates = documentedOperations(t)
 	org := ts.newOrg(t, 0, 0)
 	team := bearer(org.APIKey)
@@ -317,6 +378,7 @@ func TestOpenAPIMatchesRealAnswers(t *testing.T) {
 		t.Fatalf("concurrent keyed posts answered %d %s and %d %s, want 409 and 201", busy.Status, busy.Body, first.Status, first.Body)
 	}
 	tr.check(busy, true)
+	tr.codes[busy.ErrorCode(t)] = true
 	tr.check(first, true)
 
 	// A window of one request: the second is 429 with Retry-After.
@@ -390,6 +452,15 @@ func TestOpenAPIMatchesRealAnswers(t *testing.T) {
 	tr.refused(403, "forbidden", "PATCH", "/conversations/"+bot, `{"status":"open"}`, "Cookie", cookie)
 	tr.ok(200, "PATCH", "/conversations/"+bot, `{"status":"open"}`, asAgent...)
 	tr.refused(403, "forbidden", "GET", "/session", "", team...)
+	waiting := ts.conversationIn(t, org.APIKey, engine.StatusAgentRequested)
+	reply := tr.ok(201, "POST", "/conversations/"+waiting+"/messages", `{"text":"from the dashboard"}`, asAgent...)
+	if field[map[string]any](t, reply, "metadata")["source"] != "dashboard" {
+		t.Fatalf("a session's reply is %s", reply.Body)
+	}
+	other := ts.newMember(t, org.OrgID, "other@example.com", engine.RoleAgent)
+	tr.ok(200, "PATCH", "/conversations/"+waiting, `{"assignee":"`+other.Member.ID+`"}`, team...)
+	tr.refused(400, "invalid_state", "POST", "/conversations/"+waiting+"/messages", `{"text":"mine now"}`,
+		append(asAgent, "Idempotency-Key", "tour-assigned-elsewhere")...)
 	tr.ok(200, "POST", "/session/password", `{"current":"`+field[string](t, added, "password")+`","new":"a new long password"}`, asAgent...)
 	tr.ok(200, "DELETE", "/session", "", asAgent...)
 	tr.refused(401, "unauthorized", "GET", "/session", "", "Cookie", cookie)
@@ -444,6 +515,36 @@ func TestOpenAPIMatchesRealAnswers(t *testing.T) {
 		}
 	}
 
+	// The takeover and the dashboard's assignment as events, a webhook's bodies and /realtime's
+	// frames, held to their schemas.
+	tr.ok(200, "GET", "/events?after=0&limit=100", "", team...)
+	for _, d := range rcv.deliveries() {
+		tr.conforms("WebhookPayload", "a webhook delivery", d.Body)
+	}
+	frames := map[string]string{"ready": "RealtimeReadyFrame", "new_message": "RealtimeNewMessageFrame",
+		"conversation.updated": "RealtimeConversationUpdatedFrame", "error": "RealtimeErrorFrame"}
+	live := ts.dialRealtime(t, org.APIKey)
+	takeover := ts.conversationIn(t, org.APIKey, engine.StatusAgentRequested)
+	tr.ok(201, "POST", "/conversations/"+takeover+"/messages", `{"text":"live"}`, team...)
+	refusedLive := ts.dialRealtime(t, "ak_unknown")
+	for _, c := range []struct {
+		ws   *wsClient
+		want []string
+	}{{live, []string{"ready", "conversation.updated", "new_message", "new_message"}}, {refusedLive, []string{"error"}}} {
+		for _, typ := range c.want {
+			f := c.ws.expect(typ)
+			raw, _ := json.Marshal(f)
+			tr.conforms(frames[typ], "a /realtime "+typ+" frame", raw)
+		}
+	}
+	tr.unrouted(404, "not_found", "GET", "/no-such-route")
+	allow := tr.unrouted(405, "method_not_allowed", "PUT", "/conversations", team...).Header.Get("Allow")
+	if allow == "" {
+		t.Fatal("405 without Allow")
+	}
+	tr.unrouted(414, "uri_too_long", "GET", "/conversations?pad="+strings.Repeat("x", 9<<10), team...)
+	tr.unrouted(431, "headers_too_large", "GET", "/conversations", append(team, "X-Pad", strings.Repeat("x", 17<<10))...)
+
 	guarded := newTestServer(t, func(c *Config) { c.MetricsToken = "metrics-secret" })
 	tr.base = guarded.URL
 	tr.refused(401, "unauthorized", "GET", "/metrics", "")
@@ -452,6 +553,22 @@ func TestOpenAPIMatchesRealAnswers(t *testing.T) {
 	for op := range tr.templates {
 		if !tr.covered[op] && !awaitingRouter[op] {
 			t.Errorf("the tour never checked %s against the document", op)
+		}
+	}
+	// Faults, a full disk and a client silent for 10 s are left to their own tests.
+	unreached := []string{engine.CodeInternal, engine.CodeUnavailable, codeRequestTimeout}
+	var enum []string
+	if err := json.Unmarshal(mustJSONPointer(t, "/components/schemas/ErrorCode/enum"), &enum); err != nil {
+		t.Fatal(err)
+	}
+	for _, code := range enum {
+		if !tr.codes[code] && !slices.Contains(unreached, code) {
+			t.Errorf("the tour never met error code %s", code)
+		}
+	}
+	for code := range statusOf {
+		if !slices.Contains(enum, code) {
+			t.Errorf("the server answers error code %s, which openapi.json's ErrorCode does not list", code)
 		}
 	}
 }
