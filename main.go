@@ -1,6 +1,6 @@
 // Command awardee is a self-hosted chat-support server: one binary, one bbolt file, one node.
 //
-// Subcommands: serve, org create, org update, key create, member create, backup, check. Every flag also reads its
+// Subcommands: serve, org create, org update, key create, member create, backup, restore, check. Every flag also reads its
 // AWARDEE_<FLAG> environment variable.
 package main
 
@@ -32,6 +32,7 @@ const usage = `usage:
   awardee key create --data DIR --org ORG_ID [--name NAME]
   awardee member create --data DIR --org ORG_ID --email E --name N [--role agent] [--password-stdin]
   awardee backup --data DIR OUT
+  awardee restore --data DIR [--force] BACKUP
   awardee check --data DIR
   awardee bench --url http://127.0.0.1:8080 --key ak_… [--concurrency 64] [--requests 50000] [--duration 30s]
 Run "awardee <command> -h" for a command's flags.
@@ -77,7 +78,9 @@ func run(args []string, stdout, stderr io.Writer) error {
 			return memberCreateCommand(rest[1:], os.Stdin, stdout)
 		}
 	case "backup":
-		return backupCommand(rest, stdout)
+		return backupCommand(rest, stdout, stderr)
+	case "restore":
+		return restoreCommand(rest, os.Stdin, stdout, stderr)
 	case "check":
 		return checkCommand(rest, stdout)
 	case "bench":
@@ -297,29 +300,6 @@ func memberCreateCommand(args []string, stdin io.Reader, stdout io.Writer) error
 		out["password"] = created.Password
 	}
 	return printJSON(stdout, out)
-}
-
-func backupCommand(args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("backup", flag.ContinueOnError)
-	dir := fs.String("data", "", "data directory")
-	if err := parseWithEnv(fs, args); err != nil {
-		return err
-	}
-	if fs.NArg() != 1 {
-		return errors.New("backup needs one output path: awardee backup --data DIR OUT")
-	}
-	if _, err := os.Stat(*dir); err != nil {
-		return fmt.Errorf("data directory: %w", err)
-	}
-	err := engine.BackupDir(*dir, fs.Arg(0), time.Second)
-	if errors.Is(err, engine.ErrLocked) {
-		return fmt.Errorf("%w; stop the server first", err)
-	}
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "backup written to %s\n", fs.Arg(0))
-	return nil
 }
 
 // checkCommand verifies a stopped server's database without changing it: bbolt's page check and

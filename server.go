@@ -69,6 +69,7 @@ type server struct {
 	maxConns                int
 	hub                     *rt.Hub
 	widget                  *web.Widget
+	backups                 backupState
 
 	stopBackground context.CancelFunc
 	background     sync.WaitGroup
@@ -373,6 +374,7 @@ func (s *server) routes() fasthttp.RequestHandler {
 	api("GET", "/org/identity-secret", engine.KeyAPI, 200, adminOnly(s.getIdentitySecret))
 	api("POST", "/org/identity-secret", engine.KeyAPI, 200, adminOnly(s.rotateIdentitySecret))
 	r.GET("/files/{org}/{file}", s.serveFile)
+	api("GET", "/admin/backup", engine.KeyAPI, 200, s.backup)
 	api("POST", "/webhooks", engine.KeyAPI, 201, s.createWebhook)
 	api("GET", "/webhooks", engine.KeyAPI, 200, s.listWebhooks)
 	api("DELETE", "/webhooks/{id}", engine.KeyAPI, 200, s.deleteWebhook)

@@ -414,31 +414,6 @@ func (db *DB) Backup(w io.Writer) (int64, error) {
 // the temporary copy behind. path must name a file (new or to replace), not a directory.
 func (db *DB) BackupFile(path string) error { return writeBackup(db.bolt, path) }
 
-// BackupDir writes a consistent copy of the database in a stopped server's data directory to
-// path, as BackupFile does, opening the file read-only: a file of an older schema is copied as it
-// is, not migrated, so the copy is the way back to the binary that wrote it. A server holding the
-// directory makes it fail with ErrLocked.
-func BackupDir(dir, path string, lockTimeout time.Duration) error {
-	file := filepath.Join(dir, DatabaseFile)
-	if _, err := os.Stat(file); err != nil {
-		return err
-	}
-	var b *bolt.DB
-	err := recovered(func() error {
-		var err error
-		b, err = bolt.Open(file, 0o600, &bolt.Options{ReadOnly: true, Timeout: lockTimeout})
-		return err
-	})
-	if errors.Is(err, bolterrors.ErrTimeout) {
-		return fmt.Errorf("%s: %w", file, ErrLocked)
-	}
-	if err != nil {
-		return damaged(file, err.Error())
-	}
-	defer b.Close()
-	return recovered(func() error { return writeBackup(b, path) })
-}
-
 func writeBackup(b *bolt.DB, path string) (err error) {
 	if info, statErr := os.Stat(path); statErr == nil && info.IsDir() {
 		return fmt.Errorf("%s is a directory; name the file to write, such as %s", path, filepath.Join(path, DatabaseFile))
