@@ -114,3 +114,50 @@ func EnsureNotServed(dir string, lockTimeout time.Duration) error {
 	}
 	return nil
 }
+
+// VerifyDir checks the stopped database in dir as `awardee check` does, and refuses one this
+// build cannot serve (ErrNewerSchema), without changing the file. The checks know this build's
+// layouts only, so a file of an older schema is checked on a migrated scratch copy made in
+// scratchParent and removed afterwards: the file itself stays as it is, still readable by the
+// binary that wrote it.
+func VerifyDir(dir, scratchParent string, lockTimeout time.Duration) ([]error, error) {
+	var version uint64
+	err := SnapshotDir(dir, lockTimeout, func(s Snapshot) error {
+		if err := s.Readable(); err != nil {
+			return err
+		}
+		version = binary.BigEndian.Uint64(s.tx.Bucket(bucketMeta).Get(schemaKey))
+		return nil
+	})
+	if errors.Is(err, ErrDamaged) {
+		return CheckDir(dir, lockTimeout) // names what is wrong as check does
+	}
+	if err != nil {
+		return nil, err
+	}
+	if version == schemaVersion {
+		return CheckDir(dir, lockTimeout)
+	}
+	scratch, err := os.MkdirTemp(scratchParent, ".awardee-verify-*")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(scratch)
+	err = SnapshotDir(dir, lockTimeout, func(s Snapshot) error {
+		f, err := os.OpenFile(filepath.Join(scratch, DatabaseFile), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if err != nil {
+			return err
+		}
+		_, err = s.WriteTo(f)
+		return errors.Join(err, f.Close())
+	})
+	if err != nil {
+		return nil, err
+	}
+	db, err := Open(scratch, Options{LockTimeout: lockTimeout})
+	if err != nil {
+		return []error{fmt.Errorf("migrating a copy from schema version %d: %v", version, err)}, nil
+	}
+	problems := db.Check()
+	return problems, db.Close()
+}
