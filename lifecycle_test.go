@@ -456,8 +456,12 @@ func TestServeMigratesAnOlderDataDirectory(t *testing.T) {
 	}
 	p := startProcess(t, dir)
 	mustStatus(t, p.do(t, "GET", "/healthz", "", nil), 200)
-	if !strings.Contains(p.stderr.String(), "migrating the database") || !strings.Contains(p.stderr.String(), "awardee backup") {
-		t.Fatalf("no migration line in the log:\n%s", p.stderr)
+	log := p.stderr.String()
+	line, _, _ := strings.Cut(log[strings.Index(log, "migrating the database")+1:], "\n")
+	if !strings.Contains(log, "migrating the database") || !strings.Contains(line, "`awardee backup`") ||
+		!strings.Contains(line, "from_schema=1") || !strings.Contains(line, "to_schema=2") ||
+		strings.Index(log, "migrating the database") > strings.Index(log, "msg=listening") {
+		t.Fatalf("no migration line naming awardee backup and both versions before the server listened:\n%s", log)
 	}
 	if strings.Contains(p.stdout.String(), "API key") {
 		t.Fatal("a migrated directory got a new default org")

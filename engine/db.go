@@ -114,6 +114,20 @@ var migrations = map[uint64]func(*bolt.Tx) error{
 	1: migrateIdempotencyForms,
 }
 
+// schemaLayout is a version of the key layouts with the steps that bring older files to it:
+// this build's, or one a test pretends a later build writes.
+type schemaLayout struct {
+	version uint64
+	steps   map[uint64]func(*bolt.Tx) error
+}
+
+func (l *schemaLayout) orCurrent() schemaLayout {
+	if l == nil {
+		return schemaLayout{version: schemaVersion, steps: migrations}
+	}
+	return *l
+}
+
 // ErrNewerSchema is returned by Open for a file written by a newer build: an older binary never
 // guesses at layouts it does not know.
 var ErrNewerSchema = errors.New("the database was written by a newer version of awardee")
@@ -123,27 +137,27 @@ var ErrOlderSchema = errors.New("the database is of an older version; start `awa
 
 // checkSchema stamps a new file, migrates an older one step by step (telling onMigrate first),
 // and refuses a newer one.
-func checkSchema(tx *bolt.Tx, onMigrate func(from, to uint64), noMigrate bool) error {
+func checkSchema(tx *bolt.Tx, layout schemaLayout, onMigrate func(from, to uint64), noMigrate bool) error {
 	meta := tx.Bucket(bucketMeta)
 	v := meta.Get(schemaKey)
 	if v == nil {
-		return meta.Put(schemaKey, u64(schemaVersion))
+		return meta.Put(schemaKey, u64(layout.version))
 	}
 	if len(v) != 8 {
 		return fmt.Errorf("the database's schema version is damaged (%x)", v)
 	}
 	version := binary.BigEndian.Uint64(v)
-	if version > schemaVersion {
-		return fmt.Errorf("%w: schema version %d, this build reads up to %d", ErrNewerSchema, version, schemaVersion)
+	if version > layout.version {
+		return fmt.Errorf("%w: schema version %d, this build reads up to %d", ErrNewerSchema, version, layout.version)
 	}
-	if version < schemaVersion && noMigrate {
-		return fmt.Errorf("%w (schema version %d, this build writes %d)", ErrOlderSchema, version, schemaVersion)
+	if version < layout.version && noMigrate {
+		return fmt.Errorf("%w (schema version %d, this build writes %d)", ErrOlderSchema, version, layout.version)
 	}
-	if version < schemaVersion && onMigrate != nil {
-		onMigrate(version, schemaVersion)
+	if version < layout.version && onMigrate != nil {
+		onMigrate(version, layout.version)
 	}
-	for ; version < schemaVersion; version++ {
-		step := migrations[version]
+	for ; version < layout.version; version++ {
+		step := layout.steps[version]
 		if step == nil {
 			return fmt.Errorf("no migration from schema version %d", version)
 		}
@@ -151,7 +165,7 @@ func checkSchema(tx *bolt.Tx, onMigrate func(from, to uint64), noMigrate bool) e
 			return fmt.Errorf("migrating schema version %d to %d: %w", version, version+1, err)
 		}
 	}
-	return meta.Put(schemaKey, u64(schemaVersion))
+	return meta.Put(schemaKey, u64(layout.version))
 }
 
 // migrateIdempotencyForms gives every version 1 idempotency record (created · status ·
@@ -203,6 +217,10 @@ type Options struct {
 	// NoMigrate refuses an older file with ErrOlderSchema instead of migrating it: one-shot
 	// commands leave the migration to serve, which says so in its log.
 	NoMigrate bool
+
+	// layout replaces this build's schema version and migrations: tests migrate today's files
+	// to a layout no build writes yet.
+	layout *schemaLayout
 }
 
 // DB is an open Awardee database. All writes go through its commit loop; reads run in their own
@@ -299,7 +317,7 @@ func Open(dir string, opts Options) (*DB, error) {
 					return err
 				}
 			}
-			if err := checkSchema(tx, opts.OnMigrate, opts.NoMigrate); err != nil {
+			if err := checkSchema(tx, opts.layout.orCurrent(), opts.OnMigrate, opts.NoMigrate); err != nil {
 				return err
 			}
 			key, err := ensureCursorKey(tx.Bucket(bucketMeta))
