@@ -391,11 +391,19 @@ func unpackBackup(src io.Reader, dir string) (restoredFiles, error) {
 		_, err := writeSynced(filepath.Join(dir, engine.DatabaseFile), br, nil)
 		return files, err
 	}
-	tr := tar.NewReader(br)
+	counted := &countingReader{r: br}
+	tr := tar.NewReader(counted)
 	sawDB := false
 	for {
+		before := counted.n
 		hdr, err := tr.Next()
 		if errors.Is(err, io.EOF) {
+			// Entries are read to their end, so what Next consumed is the last one's padding
+			// (under 512 bytes) and the two zero blocks that end every archive. A stream cut
+			// between two entries has no such end, and archive/tar reports it as a plain EOF.
+			if counted.n-before < 1024 && (sawDB || len(files.blobs) > 0) {
+				return files, errors.New("the archive is cut short: it ends without the end-of-archive blocks")
+			}
 			break
 		}
 		if err != nil {
@@ -437,6 +445,17 @@ func unpackBackup(src io.Reader, dir string) (restoredFiles, error) {
 		return files, fmt.Errorf("%w: it holds no %s", errNotABackup, engine.DatabaseFile)
 	}
 	return files, syncTree(dir)
+}
+
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
 }
 
 // isBoltFile tells a bare database file by the magic number of bbolt's first meta page (after

@@ -459,6 +459,7 @@ func TestRestoreRefusals(t *testing.T) {
 	}{
 		{"random bytes", bytes.Repeat([]byte("not a tar "), 300), "not an awardee backup"},
 		{"an archive cut short", good[:len(good)/2], "cut short"},
+		{"an archive cut between entries", good[:512+len(parts[engine.DatabaseFile])], "cut short"},
 		{"an entry outside the format", tarOf(t, map[string][]byte{engine.DatabaseFile: parts[engine.DatabaseFile], "../escape": []byte("x")}, engine.DatabaseFile, "../escape"), "unexpected entry"},
 		{"no database", tarOf(t, map[string][]byte{blobName: parts[blobName]}, blobName), "holds no awardee.db"},
 		{"a blob that is not its name", tarOf(t, map[string][]byte{engine.DatabaseFile: parts[engine.DatabaseFile], blobName: wrongBlob}, engine.DatabaseFile, blobName), "does not hash to its name"},
