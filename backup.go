@@ -63,22 +63,28 @@ func (s *server) backup(c *call) (any, error) {
 	}
 	// A backup holds every org on the server; a key of one org never sees another's objects.
 	if len(orgs) == 0 || orgs[0].ID != c.orgID() {
-		return nil, engine.Errorf(engine.CodeForbidden, "a backup copies every org on this server, so only the API keys and admins of its first org (the one the first start created) may take one")
+		return nil, engine.Errorf(engine.CodeForbidden, "a backup copies every org on this server, so only the API keys and admins of its first org (the oldest, which the first start made) may take one")
 	}
 	if !s.backups.running.CompareAndSwap(false, true) {
 		c.ctx.Response.Header.Set("Retry-After", backupRetryAfter)
 		return nil, engine.Errorf(engine.CodeUnavailable, "another backup is being taken; one runs at a time, retry when it has finished")
 	}
-	release := func() { s.backups.running.Store(false) }
 	spool, err := os.CreateTemp(s.cfg.Data, ".backup-*.tmp")
 	if err != nil {
-		release()
+		s.backups.running.Store(false)
 		return nil, engine.Errorf(engine.CodeUnavailable, "the backup could not be started").WithCause(err)
 	}
 	// Unlinked at once: the copy lives as long as the descriptor, and a crash leaves nothing.
+	// Where an open file cannot be unlinked, it is removed when the backup ends.
+	leftover := ""
 	if err := os.Remove(spool.Name()); err != nil {
-		s.log.Warn("backup spool file not unlinked; it is removed when the backup ends", "err", err)
-		defer os.Remove(spool.Name())
+		leftover = spool.Name()
+	}
+	release := func() {
+		if leftover != "" {
+			os.Remove(leftover)
+		}
+		s.backups.running.Store(false)
 	}
 	taken := time.Now()
 	var size int64
