@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -62,7 +63,8 @@ type server struct {
 	hooks    *hooks.Service
 	blobs    *blobs.Store
 	fetcher  *blobs.Fetcher
-	pprof    *pprofServer // nil unless --pprof-addr
+	pprof    *pprofServer  // nil unless --pprof-addr
+	certs    *certificates // nil unless --tls-cert
 
 	teamPages, visitorPages *pageGate // the list routes' gates, set by routes()
 	conns                   connStats
@@ -99,7 +101,9 @@ func newServer(cfg Config, log *slog.Logger, out io.Writer) (*server, error) {
 		return nil, err
 	}
 	publicURL := cfg.PublicURL
-	if publicURL == "" {
+	if publicURL == "" && cfg.TLSCert != "" {
+		publicURL = "https://" + cfg.Addr
+	} else if publicURL == "" {
 		publicURL = "http://" + cfg.Addr
 	}
 	fetcher := blobs.NewFetcher(blobs.FetchOptions{AllowPrivate: cfg.AllowPrivateNetworks})
@@ -108,6 +112,13 @@ func newServer(cfg Config, log *slog.Logger, out io.Writer) (*server, error) {
 	if s.widget, err = web.NewWidget(); err != nil {
 		db.Close()
 		return nil, err
+	}
+	// Read before the first org is made, so a start that cannot serve HTTPS prints no secret.
+	if cfg.TLSCert != "" {
+		if s.certs, err = loadCertificates(cfg.TLSCert, cfg.TLSKey, log); err != nil {
+			db.Close()
+			return nil, err
+		}
 	}
 	// Bound before the first org is made, so a start that cannot have it prints no secret.
 	if cfg.PprofAddr != "" {
@@ -230,8 +241,13 @@ func (s *server) bootstrap(out io.Writer, publicURL string) error {
 
 // Serve serves on ln until Close, holding at most s.maxConns connections (see limitListener).
 func (s *server) Serve(ln net.Listener) error {
-	s.log.Info("listening", "addr", ln.Addr().String(), "data", s.cfg.Data,
+	s.log.Info("listening", "addr", ln.Addr().String(), "data", s.cfg.Data, "tls", s.certs != nil,
 		"max_conns", s.maxConns, "max_conns_per_ip", s.cfg.MaxConnsPerIP)
+	if s.certs != nil {
+		// Inside the connection cap's listener, which so counts TCP connections, and whose
+		// connections fasthttp reads as plaintext (tls.go).
+		ln = tls.NewListener(ln, s.certs.config())
+	}
 	err := s.http.Serve(newLimitListener(ln, s.maxConns, s.cfg.MaxConnsPerIP, &s.conns, s.log))
 	if errors.Is(err, net.ErrClosed) {
 		return nil
@@ -293,6 +309,7 @@ func (s *server) transportError(ctx *fasthttp.RequestCtx, err error) {
 	setCORS(ctx)
 	s.writeError(ctx, refusal)
 	s.metrics.observe("unmatched", ctx, start)
+	s.logRequest(ctx, "unmatched", start)
 	// fasthttp closes the connection after this answer without reading what it refused; closing
 	// with unread data makes the kernel reset the connection, and the client may lose the
 	// answer before reading it.
@@ -332,7 +349,9 @@ func (s *server) routes() fasthttp.RequestHandler {
 	r.RedirectTrailingSlash = false
 	r.RedirectFixedPath = false
 	r.HandleOPTIONS = false
-	r.SaveMatchedRoutePath = false
+	// The request log line names the matched pattern; saving it costs every request a little,
+	// so only while that line is written.
+	r.SaveMatchedRoutePath = s.log.Enabled(context.Background(), slog.LevelDebug)
 
 	preflighted := map[string]bool{}
 	// List routes: bounded pages in flight. Visitors have a gate of their own, so readers with
@@ -427,6 +446,7 @@ func (s *server) routes() fasthttp.RequestHandler {
 		s.writeError(ctx, fmt.Errorf("handler panicked: %v\n%s", v, debug.Stack()))
 	}
 	return func(ctx *fasthttp.RequestCtx) {
+		start := time.Now()
 		requestStarted(ctx.Conn())
 		// Set before routing, so that every widget answer carries them: the router's own 404
 		// and 405 included.
@@ -436,6 +456,7 @@ func (s *server) routes() fasthttp.RequestHandler {
 		if s.checkHead(ctx) {
 			r.Handler(ctx)
 		}
+		s.logRequest(ctx, matchedRoute(ctx), start)
 	}
 }
 
