@@ -106,8 +106,14 @@ func scrub(s string) string {
 	return secretShaped.ReplaceAllString(s, "${1}_"+redacted)
 }
 
-// scrubURL keeps a URL's scheme, host and path and drops what carries credentials.
-func scrubURL(raw string) string {
+// scrubURL keeps a URL's scheme, host and path and drops what carries credentials. Punctuation
+// that ends it is taken as the sentence's, not the URL's.
+func scrubURL(match string) string {
+	raw := strings.TrimRight(match, ".,:;!)]")
+	return scrubbedURL(raw) + match[len(raw):]
+}
+
+func scrubbedURL(raw string) string {
 	u, err := url.Parse(raw)
 	if err != nil {
 		// Unparseable: keep what precedes anything that could carry a credential.

@@ -171,6 +171,9 @@ func newServer(cfg Config, log *slog.Logger, out io.Writer) (*server, error) {
 		IdleTimeout:  2 * time.Minute,
 		ErrorHandler: s.transportError,
 		Logger:       fasthttpLogger{log},
+		// fasthttp's errors would otherwise quote the head they could not parse, cookies and
+		// tokens included, into the log.
+		SecureErrorLogMessage: true,
 		// Only /realtime hijacks: its hub owns those sockets, so fasthttp frees the request.
 		KeepHijackedConns: true,
 	}
