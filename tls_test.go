@@ -277,3 +277,20 @@ func TestTLSFlagsAreCheckedBeforeAnythingStarts(t *testing.T) {
 		t.Fatalf("a start that failed made orgs %v (%v)", orgs, err)
 	}
 }
+
+// Over TLS too, a client still sending a refused body reads its 413 rather than a reset: the
+// lingering close half-closes after TLS's close_notify and drains what the client still sends.
+func TestOversizedBodyOverTLSGets413NotReset(t *testing.T) {
+	cfg, cert := tlsConfig(t)
+	ts := startServerWith(t, cfg, slog.New(slog.DiscardHandler), io.Discard, "https", pinnedClient(cert))
+	body := bytes.Repeat([]byte("a"), 2<<20)
+	for i := range 20 {
+		r, err := ts.try("POST", "/conversations", "", body)
+		if err != nil {
+			t.Fatalf("attempt %d: %v", i, err)
+		}
+		if r.Status != http.StatusRequestEntityTooLarge {
+			t.Fatalf("attempt %d: status %d", i, r.Status)
+		}
+	}
+}
