@@ -213,14 +213,15 @@ func TestRequestLineAtDebugOnly(t *testing.T) {
 		ts.do(t, "GET", "/healthz", "", nil),
 		ts.do(t, "GET", "/conversations/conv_01J00000000000000000000000", org.APIKey, nil),
 		ts.do(t, "GET", "/nowhere", "", nil),
+		ts.do(t, "GET", "/widget.js", "", nil),
 	}
 	lines := requestLines(logs.String())[before:]
-	want := []string{"/healthz", "/conversations/{id}", "unmatched"}
+	want := []string{"/healthz", "/conversations/{id}", "unmatched", "/widget.js"}
 	if len(lines) != len(rs) {
 		t.Fatalf("%d requests, %d request lines:\n%s", len(rs), len(lines), logs.String())
 	}
 	for i, l := range lines {
-		if l.route != want[i] || l.requestID != rs[i].Header.Get("X-Request-Id") || l.status != fmt.Sprint(rs[i].Status) {
+		if l.route != want[i] || l.requestID == "" || l.requestID != rs[i].Header.Get("X-Request-Id") || l.status != fmt.Sprint(rs[i].Status) {
 			t.Errorf("line %d: %+v, want route %s, request %s, status %d", i, l, want[i], rs[i].Header.Get("X-Request-Id"), rs[i].Status)
 		}
 	}

@@ -450,6 +450,9 @@ func (s *server) routes() fasthttp.RequestHandler {
 	}
 	return func(ctx *fasthttp.RequestCtx) {
 		start := time.Now()
+		// Every response carries one (section 3), the static ones included, and so every
+		// request log line.
+		setRequestID(ctx)
 		requestStarted(ctx.Conn())
 		// Set before routing, so that every widget answer carries them: the router's own 404
 		// and 405 included.
