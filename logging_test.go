@@ -141,6 +141,7 @@ func TestDebugLogHoldsNoSecret(t *testing.T) {
 	secrets["unknown API key"] = unknownKey
 	mustStatus(t, ts.do(t, "GET", "/conversations", unknownKey, nil), 401)
 	mustStatus(t, ts.do(t, "GET", "/metrics", metricsToken, nil), 200)
+	mustStatus(t, ts.do(t, "GET", "/admin/backup", apiKey, nil), 200)
 	mustStatus(t, ts.do(t, "GET", "/metrics", unknownKey, nil), 401)
 	mustStatus(t, ts.do(t, "GET", "/conversations", "", nil, "Cookie", sessionCookie+"="+admin.cookie.Value+"x"), 401)
 

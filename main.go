@@ -1,8 +1,7 @@
 // Command awardee is a self-hosted chat-support server: one binary, one bbolt file, one node.
 //
-// Subcommands: serve, org create, org update, key create, member create, backup, restore, check, bench, version.
-// Every flag also reads its
-// AWARDEE_<FLAG> environment variable.
+// Subcommands: serve, org create, org update, key create, member create, backup, restore, check, bench,
+// version. Every flag also reads its AWARDEE_<FLAG> environment variable.
 package main
 
 import (
