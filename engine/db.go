@@ -271,9 +271,12 @@ func damaged(path, reason string) error {
 }
 
 // fullVerifyLimit is the largest file Open verifies page by page. The walk and bbolt's check
-// read every branch and leaf page (a few milliseconds for 50 MiB in the page cache, but a read
-// of much of the file from a cold disk), so a larger file gets the cheap checks only, and
-// `awardee check` verifies it in full.
+// read every branch and leaf page, so a larger file gets the cheap checks only, and
+// `awardee check` verifies it in full. The walk runs on a read-only handle of its own, mapped
+// with the kernel reading ahead (populateFlag), and closed before serving: a cold file is read
+// at the disk's sequential speed rather than one page fault at a time (a start on a 50 MB file
+// took 1.0-1.4 s from a cold cache, and takes 0.1-0.2 s read ahead), and the pages walked are
+// not left mapped in the server, where they would count as its resident memory.
 const fullVerifyLimit = 64 << 20
 
 // Open opens (creating when missing) the database in dir and starts its commit loop. A missing
@@ -355,10 +358,52 @@ func openBolt(path string, lockTimeout time.Duration, verifyFully bool) (*bolt.D
 			return nil, damaged(path, fmt.Sprintf("the file is %d bytes, shorter than any database (%d)", info.Size(), minSize))
 		}
 	}
+	walked := existed && verifyFully && info.Size() <= fullVerifyLimit
+	if walked {
+		if err := verifyFile(path, info.Size(), lockTimeout); err != nil {
+			return nil, err
+		}
+	}
+	b, err := openFile(path, existed, &bolt.Options{Timeout: lockTimeout, FreelistType: bolt.FreelistMapType, NoSync: syncDisabled})
+	if err != nil {
+		return nil, err
+	}
+	if existed {
+		// After a walk, the bucket roots need no second look: every page touched here stays
+		// mapped in the server, counted in its resident memory (a whole folio of the page
+		// cache at a time, 2 MiB after a read-ahead on Linux 6).
+		depth := verifyRoots
+		if walked {
+			depth = verifySize
+		}
+		if err := verifyPages(b, info.Size(), depth); err != nil {
+			b.Close()
+			return nil, damaged(path, err.Error())
+		}
+	}
+	return b, nil
+}
+
+// verifyFile walks every page of the file at path on a read-only handle that it closes again,
+// so nothing of the walk stays mapped.
+func verifyFile(path string, size int64, lockTimeout time.Duration) error {
+	b, err := openFile(path, true, &bolt.Options{Timeout: lockTimeout, ReadOnly: true, MmapFlags: populateFlag})
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	if err := verifyPages(b, size, verifyAll); err != nil {
+		return damaged(path, err.Error())
+	}
+	return nil
+}
+
+// openFile runs bolt.Open, telling a file that is locked or damaged from other failures.
+func openFile(path string, existed bool, opts *bolt.Options) (*bolt.DB, error) {
 	var b *bolt.DB
-	err = recovered(func() error {
+	err := recovered(func() error {
 		var err error
-		b, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: lockTimeout, FreelistType: bolt.FreelistMapType, NoSync: syncDisabled})
+		b, err = bolt.Open(path, 0o600, opts)
 		return err
 	})
 	if err != nil {
@@ -371,38 +416,43 @@ func openBolt(path string, lockTimeout time.Duration, verifyFully bool) (*bolt.D
 		}
 		return nil, damaged(path, err.Error())
 	}
-	if existed {
-		if err := verifyPages(b, info.Size(), verifyFully && info.Size() <= fullVerifyLimit); err != nil {
-			b.Close()
-			return nil, damaged(path, err.Error())
-		}
-	}
 	return b, nil
 }
 
+// verifyDepth is how much of a file verifyPages reads.
+type verifyDepth int
+
+const (
+	verifySize  verifyDepth = iota // the meta page's page count against the file's size
+	verifyRoots                    // and the first and last page of every bucket
+	verifyAll                      // and every page, then bbolt's own check
+)
+
 // verifyPages checks that the file holds every page its meta page counts (a truncated file does
-// not), and reads the root of every bucket; full adds a walk of every page and bbolt's own check.
-func verifyPages(b *bolt.DB, size int64, full bool) error {
+// not), then reads as deep as depth says.
+func verifyPages(b *bolt.DB, size int64, depth verifyDepth) error {
 	return recovered(func() error {
 		return b.View(func(btx *bolt.Tx) error {
 			if reach := btx.Size(); reach > size {
 				return fmt.Errorf("the file is %d bytes but its pages reach %d: it was truncated", size, reach)
 			}
-			if full {
+			switch depth {
+			case verifyAll:
 				if err := walkPages(btx); err != nil {
 					return err
 				}
 				for err := range btx.Check() {
 					return fmt.Errorf("bbolt check: %v", err)
 				}
-				return nil
+			case verifyRoots:
+				return btx.ForEach(func(_ []byte, bk *bolt.Bucket) error {
+					c := bk.Cursor()
+					c.First()
+					c.Last()
+					return nil
+				})
 			}
-			return btx.ForEach(func(_ []byte, bk *bolt.Bucket) error {
-				c := bk.Cursor()
-				c.First()
-				c.Last()
-				return nil
-			})
+			return nil
 		})
 	})
 }
