@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -62,13 +63,15 @@ type server struct {
 	hooks    *hooks.Service
 	blobs    *blobs.Store
 	fetcher  *blobs.Fetcher
-	pprof    *pprofServer // nil unless --pprof-addr
+	pprof    *pprofServer  // nil unless --pprof-addr
+	certs    *certificates // nil unless --tls-cert
 
 	teamPages, visitorPages *pageGate // the list routes' gates, set by routes()
 	conns                   connStats
 	maxConns                int
 	hub                     *rt.Hub
 	widget                  *web.Widget
+	backups                 backupState
 
 	// router is the route table, set by routes(): openapi.json must describe every route of it.
 	router *router.Router
@@ -101,7 +104,9 @@ func newServer(cfg Config, log *slog.Logger, out io.Writer) (*server, error) {
 		return nil, err
 	}
 	publicURL := cfg.PublicURL
-	if publicURL == "" {
+	if publicURL == "" && cfg.TLSCert != "" {
+		publicURL = "https://" + cfg.Addr
+	} else if publicURL == "" {
 		publicURL = "http://" + cfg.Addr
 	}
 	fetcher := blobs.NewFetcher(blobs.FetchOptions{AllowPrivate: cfg.AllowPrivateNetworks})
@@ -110,6 +115,13 @@ func newServer(cfg Config, log *slog.Logger, out io.Writer) (*server, error) {
 	if s.widget, err = web.NewWidget(); err != nil {
 		db.Close()
 		return nil, err
+	}
+	// Read before the first org is made, so a start that cannot serve HTTPS prints no secret.
+	if cfg.TLSCert != "" {
+		if s.certs, err = loadCertificates(cfg.TLSCert, cfg.TLSKey, log); err != nil {
+			db.Close()
+			return nil, err
+		}
 	}
 	// Bound before the first org is made, so a start that cannot have it prints no secret.
 	if cfg.PprofAddr != "" {
@@ -162,6 +174,9 @@ func newServer(cfg Config, log *slog.Logger, out io.Writer) (*server, error) {
 		IdleTimeout:  2 * time.Minute,
 		ErrorHandler: s.transportError,
 		Logger:       fasthttpLogger{log},
+		// fasthttp's errors would otherwise quote the head they could not parse, cookies and
+		// tokens included, into the log.
+		SecureErrorLogMessage: true,
 		// Only /realtime hijacks: its hub owns those sockets, so fasthttp frees the request.
 		KeepHijackedConns: true,
 	}
@@ -232,8 +247,13 @@ func (s *server) bootstrap(out io.Writer, publicURL string) error {
 
 // Serve serves on ln until Close, holding at most s.maxConns connections (see limitListener).
 func (s *server) Serve(ln net.Listener) error {
-	s.log.Info("listening", "addr", ln.Addr().String(), "data", s.cfg.Data,
+	s.log.Info("listening", "addr", ln.Addr().String(), "data", s.cfg.Data, "tls", s.certs != nil,
 		"max_conns", s.maxConns, "max_conns_per_ip", s.cfg.MaxConnsPerIP)
+	if s.certs != nil {
+		// Inside the connection cap's listener, which so counts TCP connections, and whose
+		// connections fasthttp reads as plaintext (tls.go).
+		ln = tls.NewListener(ln, s.certs.config())
+	}
 	err := s.http.Serve(newLimitListener(ln, s.maxConns, s.cfg.MaxConnsPerIP, &s.conns, s.log))
 	if errors.Is(err, net.ErrClosed) {
 		return nil
@@ -295,6 +315,7 @@ func (s *server) transportError(ctx *fasthttp.RequestCtx, err error) {
 	setCORS(ctx)
 	s.writeError(ctx, refusal)
 	s.metrics.observe("unmatched", ctx, start)
+	s.logRequest(ctx, "unmatched", start)
 	// fasthttp closes the connection after this answer without reading what it refused; closing
 	// with unread data makes the kernel reset the connection, and the client may lose the
 	// answer before reading it.
@@ -334,7 +355,9 @@ func (s *server) routes() fasthttp.RequestHandler {
 	r.RedirectTrailingSlash = false
 	r.RedirectFixedPath = false
 	r.HandleOPTIONS = false
-	r.SaveMatchedRoutePath = false
+	// The request log line names the matched pattern; saving it costs every request a little,
+	// so only while that line is written.
+	r.SaveMatchedRoutePath = s.log.Enabled(context.Background(), slog.LevelDebug)
 
 	preflighted := map[string]bool{}
 	// List routes: bounded pages in flight. Visitors have a gate of their own, so readers with
@@ -377,6 +400,7 @@ func (s *server) routes() fasthttp.RequestHandler {
 	api("GET", "/org/identity-secret", engine.KeyAPI, 200, adminOnly(s.getIdentitySecret))
 	api("POST", "/org/identity-secret", engine.KeyAPI, 200, adminOnly(s.rotateIdentitySecret))
 	r.GET("/files/{org}/{file}", s.serveFile)
+	api("GET", "/admin/backup", engine.KeyAPI, 200, s.backup)
 	api("POST", "/webhooks", engine.KeyAPI, 201, s.createWebhook)
 	api("GET", "/webhooks", engine.KeyAPI, 200, s.listWebhooks)
 	api("DELETE", "/webhooks/{id}", engine.KeyAPI, 200, s.deleteWebhook)
@@ -399,9 +423,9 @@ func (s *server) routes() fasthttp.RequestHandler {
 		app.Serve(ctx)
 		s.metrics.observe("/app/", ctx, start)
 	})
-	r.GET("/widget.js", withRequestID(s.widget.ServeScript))
-	r.GET("/demo", withRequestID(s.widget.ServeDemo))
-	r.GET("/demo.css", withRequestID(s.widget.ServeDemoCSS))
+	r.GET("/widget.js", s.widget.ServeScript)
+	r.GET("/demo", s.widget.ServeDemo)
+	r.GET("/demo.css", s.widget.ServeDemoCSS)
 
 	r.GET("/healthz", s.healthz)
 	r.GET("/metrics", s.metricsHandler())
@@ -433,6 +457,10 @@ func (s *server) routes() fasthttp.RequestHandler {
 		s.writeError(ctx, fmt.Errorf("handler panicked: %v\n%s", v, debug.Stack()))
 	}
 	return func(ctx *fasthttp.RequestCtx) {
+		start := time.Now()
+		// Every response carries one (section 3), the static ones included, and so every
+		// request log line.
+		setRequestID(ctx)
 		requestStarted(ctx.Conn())
 		// Set before routing, so that every widget answer carries them: the router's own 404
 		// and 405 included.
@@ -442,15 +470,7 @@ func (s *server) routes() fasthttp.RequestHandler {
 		if s.checkHead(ctx) {
 			r.Handler(ctx)
 		}
-	}
-}
-
-// withRequestID gives the answers of h, which knows nothing of the API, the X-Request-Id every
-// response carries.
-func withRequestID(h fasthttp.RequestHandler) fasthttp.RequestHandler {
-	return func(ctx *fasthttp.RequestCtx) {
-		setRequestID(ctx)
-		h(ctx)
+		s.logRequest(ctx, matchedRoute(ctx), start)
 	}
 }
 
