@@ -83,14 +83,17 @@ func TestBenchInProcess(t *testing.T) {
 	}
 }
 
-// TestBenchCeiling runs the same load against the server and the three reference servers and
-// checks that each run is complete and every ratio is a positive share.
+// TestBenchCeiling runs the same load, twice, against the server and the three reference
+// servers and checks that each target's two rounds are summed and every ratio is a positive share.
 func TestBenchCeiling(t *testing.T) {
-	report := runBench(t, "--ceiling", "--requests", "60", "--concurrency", "4", "--conversations", "4")
+	report := runBench(t, "--ceiling", "--rounds", "2", "--requests", "60", "--concurrency", "4", "--conversations", "4")
 	var names []string
 	for _, r := range report.Runs {
 		names = append(names, r.Target)
-		checkAllCreated(t, r, 60)
+		checkAllCreated(t, r, 120)
+		if r.Rounds != 2 {
+			t.Fatalf("%s: %d rounds, want 2", r.Target, r.Rounds)
+		}
 	}
 	if got := strings.Join(names, ","); got != "awardee,no-write,one-row,post-rows" {
 		t.Fatalf("runs %s", got)
@@ -178,6 +181,10 @@ func TestBenchCountsRefusals(t *testing.T) {
 	err := load.Main(t.Context(), []string{"--url", ts.URL, "--key", "ak_wrong", "--requests", "5"}, io.Discard, io.Discard, nil)
 	if err == nil || !strings.Contains(err.Error(), "401 unauthorized") {
 		t.Fatalf("a wrong key: %v, want the 401 unauthorized that refused it", err)
+	}
+	err = load.Main(t.Context(), []string{"--key", org.APIKey, "--requests", "5"}, io.Discard, io.Discard, startBenchServer)
+	if err == nil || !strings.Contains(err.Error(), "--url") {
+		t.Fatalf("a key without --url: %v, want a refusal naming --url", err)
 	}
 	// `go run ./bench` has no server to start: without --url it says what to run instead.
 	err = load.Main(t.Context(), []string{"--requests", "5"}, io.Discard, io.Discard, nil)
