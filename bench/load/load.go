@@ -125,7 +125,9 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer, serve Se
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	BindFlags(fs, &c)
-	if err := fs.Parse(args); err != nil {
+	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
+		return nil // the flags were printed, as asked
+	} else if err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
