@@ -36,7 +36,7 @@ const usage = `usage:
   awardee restore --data DIR [--force] BACKUP
   awardee check --data DIR
   awardee version
-  awardee bench --url http://127.0.0.1:8080 --key ak_… [--concurrency 64] [--requests 50000] [--duration 30s]
+  awardee bench [--url http://127.0.0.1:8080 --key ak_…] [--concurrency 64 | --rate R] [--requests 50000] [--duration 30s] [--ceiling]
 Run "awardee <command> -h" for a command's flags.
 `
 
@@ -90,7 +90,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	case "bench":
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 		defer stop()
-		return load.Main(ctx, rest, stdout)
+		return load.Main(ctx, rest, stdout, stderr, startBenchServer)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return nil
