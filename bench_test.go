@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -34,6 +35,7 @@ func benchmarkPost(b *testing.B, withKey bool, prepare ...func(*testServer, test
 	b.SetParallelism(int(math.Ceil(64 / float64(runtime.GOMAXPROCS(0)))))
 	var n, failures atomic.Int64
 	run := time.Now().UnixNano()
+	cpuBefore := processCPU(b)
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		req, res := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
@@ -55,10 +57,23 @@ func benchmarkPost(b *testing.B, withKey bool, prepare ...func(*testServer, test
 		}
 	})
 	b.StopTimer()
+	cpu := processCPU(b) - cpuBefore
 	if f := failures.Load(); f > 0 {
 		b.Fatalf("%d posts failed", f)
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "posts/s")
+	// The clients share the process: this is the server's CPU per post plus theirs, an upper
+	// bound that moves with the server's.
+	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/post")
+}
+
+// processCPU is the user and system CPU time the process has used so far.
+func processCPU(tb testing.TB) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		tb.Fatalf("getrusage: %v", err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func BenchmarkPostMessageHTTP(b *testing.B)               { benchmarkPost(b, false) }
