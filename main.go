@@ -33,7 +33,7 @@ const usage = `usage:
   awardee member create --data DIR --org ORG_ID --email E --name N [--role agent] [--password-stdin]
   awardee backup --data DIR OUT
   awardee check --data DIR
-  awardee bench --url http://127.0.0.1:8080 --key ak_… [--concurrency 64] [--requests 50000] [--duration 30s]
+  awardee bench [--url http://127.0.0.1:8080 --key ak_…] [--concurrency 64 | --rate R] [--requests 50000] [--duration 30s] [--ceiling]
 Run "awardee <command> -h" for a command's flags.
 `
 
@@ -83,7 +83,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	case "bench":
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 		defer stop()
-		return load.Main(ctx, rest, stdout)
+		return load.Main(ctx, rest, stdout, stderr, startBenchServer)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return nil

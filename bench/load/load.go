@@ -1,31 +1,28 @@
-// Package load is Awardee's load generator: it opens conversations on a running server and posts
-// agent replies into them from many concurrent clients, for a bounded count and time, and reports
-// throughput and the latency distribution (HDR histogram, so tail percentiles are exact to three
-// significant digits rather than bucket guesses).
+// Package load is Awardee's load generator: it opens conversations on a server and posts into
+// them from many clients, for a bounded count and time, closed loop (each client sends its next
+// post when the last is answered) or open loop (posts sent on a fixed schedule, each one's latency
+// counted from when it was due, so a stalled server is charged for every post it held back, as
+// wrk2 does). It reports throughput, the latency distribution (HDR histogram: tail percentiles
+// exact to three significant digits) and every refusal by status and error code, and can run the
+// same load against reference servers on the same disk (package ceiling) to say how close the
+// server comes to what the machine can do.
 package load
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"net/url"
-	"sort"
-	"strings"
-	"sync"
-	"sync/atomic"
+	"os"
 	"time"
-
-	"github.com/HdrHistogram/hdrhistogram-go"
-	"github.com/valyala/fasthttp"
 )
 
 // Config is one load run. Requests and Duration both bound it: it stops at whichever comes first.
 type Config struct {
 	URL           string
 	APIKey        string
+	WidgetKey     string // visitor mix: the org's widget key (wk_…)
 	Conversations int
 	Concurrency   int
 	Requests      int
@@ -33,193 +30,129 @@ type Config struct {
 	TextSize      int
 	Idempotency   bool // send a unique Idempotency-Key with every post
 
+	// Rate, when positive, makes the run an open loop: posts are due at Rate per second and
+	// Concurrency connections send them. Zero is the closed loop. The realtime mode posts at
+	// Rate (20 per second when zero).
+	Rate float64
+	// Mix is what is posted: text (team replies), attachments (team replies with an image from
+	// a fixture server this process starts), visitor (visitors through /widget and team replies
+	// in turn) or realtime (the realtime mode).
+	Mix string
+	// Ceiling runs the same load against the reference servers of package ceiling, on the disk
+	// of Dir, after the server, and reports the server's throughput as a share of each.
+	Ceiling bool
+	// Dir is where the in-process server's data directory and the reference servers' files go
+	// (a temporary directory inside it, removed afterwards); empty is the system's temporary
+	// directory. Put it on the disk you mean to measure.
+	Dir string
+	// Serve starts a server in this process when URL is empty; `awardee bench` sets it, and
+	// `go run ./bench`, which has no server in it, leaves it nil.
+	Serve ServeFunc
+	// Progress, when set, gets one line a second while posts run.
+	Progress io.Writer
+	// JSON makes Main print the report as one JSON object.
+	JSON bool
+
 	// Mode is post (the default: posts from many clients), realtime (WebSocket subscribers and
 	// the 201-to-frame latency) or idle (idle WebSockets and the server's memory per connection).
 	Mode        string
 	Subscribers int           // realtime: WebSocket subscribers of the org
-	Rate        float64       // realtime: posts per second
 	Connections int           // idle: WebSockets to open
 	ServerPID   int           // idle: the server whose RSS to read; 0 reads this process's own
 	Settle      time.Duration // idle: how long the connections stay idle before the second reading
 }
 
+// Target is a server to load: its base URL and the keys of an org whose window allows the load.
+type Target struct {
+	URL, APIKey, WidgetKey string
+}
+
+// ServeOptions is what the run needs of an in-process server.
+type ServeOptions struct {
+	// AllowPrivateNetworks lets the server fetch attachments from the fixture server on
+	// 127.0.0.1, which it refuses by default.
+	AllowPrivateNetworks bool
+}
+
+// ServeFunc starts a server in this process on a fresh data directory inside dir, with an org
+// whose rate window allows any load, and returns it with a function that stops it.
+type ServeFunc func(dir string, opts ServeOptions) (Target, func() error, error)
+
 // DefaultConfig is what `awardee bench` runs without flags.
 func DefaultConfig() Config {
 	return Config{
-		URL: "http://127.0.0.1:8080", Conversations: 64, Concurrency: 64,
-		Requests: 50_000, Duration: 30 * time.Second, TextSize: 64,
-		Mode: "post", Subscribers: 100, Rate: 20, Connections: 1000, Settle: 3 * time.Second,
+		Conversations: 64, Concurrency: 64, Requests: 50_000, Duration: 30 * time.Second, TextSize: 64,
+		Mix: "text", Mode: "post", Subscribers: 100, Connections: 1000, Settle: 3 * time.Second,
 	}
 }
 
 // BindFlags binds every field of c to fs; AWARDEE_BENCH_* variables are not read: a load run
 // should say what it does on its command line.
 func BindFlags(fs *flag.FlagSet, c *Config) {
-	fs.StringVar(&c.URL, "url", c.URL, "base URL of the server")
+	fs.StringVar(&c.URL, "url", c.URL, "base URL of the server; empty starts one in this process on a temporary data directory (awardee bench only)")
 	fs.StringVar(&c.APIKey, "key", c.APIKey, "API key (ak_…) of the org to load; its rate window must allow the load")
-	fs.IntVar(&c.Conversations, "conversations", c.Conversations, "conversations to open and post into")
-	fs.IntVar(&c.Concurrency, "concurrency", c.Concurrency, "concurrent clients")
+	fs.StringVar(&c.WidgetKey, "widget-key", c.WidgetKey, "visitor mix: the org's widget key (wk_…)")
+	fs.IntVar(&c.Conversations, "conversations", c.Conversations, "conversations to open and post into (visitor mix: each allows a visitor 5 posts/s)")
+	fs.IntVar(&c.Concurrency, "concurrency", c.Concurrency, "connections (closed loop: clients, each with one post in flight)")
 	fs.IntVar(&c.Requests, "requests", c.Requests, "posts to send at most")
 	fs.DurationVar(&c.Duration, "duration", c.Duration, "how long to post at most")
 	fs.IntVar(&c.TextSize, "text-size", c.TextSize, "characters per message")
 	fs.BoolVar(&c.Idempotency, "idempotency", c.Idempotency, "send an Idempotency-Key with every post")
+	fs.Float64Var(&c.Rate, "rate", c.Rate, "posts per second: an open loop, latency counted from when each post was due; 0 is the closed loop (realtime: 20)")
+	fs.StringVar(&c.Mix, "mix", c.Mix, "text, attachments (an image each, from a fixture server on 127.0.0.1), visitor (/widget posts and team replies) or realtime (as --mode realtime)")
+	fs.BoolVar(&c.Ceiling, "ceiling", c.Ceiling, "also run the load against the reference servers (no-write, one-row, post-rows) on the disk of --dir and print the ratios")
+	fs.StringVar(&c.Dir, "dir", c.Dir, "parent of the in-process server's data and the reference servers' files (default: the system's temporary directory)")
+	fs.BoolVar(&c.JSON, "json", c.JSON, "print the report as JSON")
 	fs.StringVar(&c.Mode, "mode", c.Mode, "post, realtime (subscribers, rate: 201-to-frame latency) or idle (connections, server-pid: RSS per idle WebSocket)")
 	fs.IntVar(&c.Subscribers, "subscribers", c.Subscribers, "realtime: WebSocket subscribers of the org")
-	fs.Float64Var(&c.Rate, "rate", c.Rate, "realtime: posts per second (bounded by --requests and --duration)")
 	fs.IntVar(&c.Connections, "connections", c.Connections, "idle: WebSockets to open (one visitor conversation each)")
 	fs.IntVar(&c.ServerPID, "server-pid", c.ServerPID, "idle: PID of the server whose RSS is read from /proc; 0 reads this process")
 	fs.DurationVar(&c.Settle, "settle", c.Settle, "idle: how long the connections stay idle before the RSS is read again")
 }
 
-// Result is what a run measured.
-type Result struct {
-	Sent, OK   int64
-	ByStatus   map[int]int64
-	Errors     int64 // transport errors
-	Elapsed    time.Duration
-	Latency    *hdrhistogram.Histogram // microseconds, successful posts only
-	Throughput float64                 // successful posts per second
-}
+// errNoServer is the answer of `go run ./bench` without --url: that command is the load tool
+// alone, and only the awardee binary has a server to start in process.
+var errNoServer = errors.New("no --url given, and this command has no server to start in process: run `awardee bench` " +
+	"(or `go run . bench` in the source tree) to load a server it starts itself, or give --url and --key of a running one")
 
-// Run opens the conversations, then posts until the count or the time is spent or ctx ends.
-func Run(ctx context.Context, c Config) (*Result, error) {
-	if c.APIKey == "" {
-		return nil, errors.New("an API key is required (--key ak_…)")
-	}
-	if c.Concurrency < 1 || c.Conversations < 1 || c.Requests < 1 || c.Duration <= 0 {
-		return nil, errors.New("concurrency, conversations, requests and duration must be positive")
-	}
-	base, err := url.Parse(c.URL)
-	if err != nil || base.Host == "" {
-		return nil, fmt.Errorf("bad --url %q", c.URL)
-	}
-	client := &fasthttp.HostClient{Addr: base.Host, MaxConns: c.Concurrency * 2, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second}
-	prefix := strings.TrimRight(c.URL, "/")
-	convs := make([]string, c.Conversations)
-	for i := range convs {
-		status, body, err := do(client, "POST", prefix+"/conversations", c.APIKey, "", []byte(`{"status":"open"}`))
-		if err != nil || status != 201 {
-			return nil, fmt.Errorf("opening conversation %d: status %d %v %s", i, status, err, body)
-		}
-		var out struct {
-			Conversation struct {
-				ID string `json:"id"`
-			} `json:"conversation"`
-		}
-		if err := json.Unmarshal(body, &out); err != nil {
-			return nil, err
-		}
-		convs[i] = out.Conversation.ID
-	}
-	text := strings.Repeat("x", max(1, c.TextSize))
-	body := []byte(`{"text":"` + text + `"}`)
-
-	ctx, cancel := context.WithTimeout(ctx, c.Duration)
-	defer cancel()
-	var next atomic.Int64
-	res := &Result{ByStatus: map[int]int64{}}
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	start := time.Now()
-	for w := range c.Concurrency {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			hist := hdrhistogram.New(1, 60_000_000, 3)
-			statuses := map[int]int64{}
-			var transport int64
-			for ctx.Err() == nil {
-				n := next.Add(1)
-				if n > int64(c.Requests) {
-					break
-				}
-				conv := convs[(int(n)+w)%len(convs)]
-				idem := ""
-				if c.Idempotency {
-					idem = fmt.Sprintf("bench-%d-%d", start.UnixNano(), n)
-				}
-				t0 := time.Now()
-				status, _, err := do(client, "POST", prefix+"/conversations/"+conv+"/messages", c.APIKey, idem, body)
-				if err != nil {
-					transport++
-					continue
-				}
-				statuses[status]++
-				if status == 201 {
-					hist.RecordValue(time.Since(t0).Microseconds())
-				}
-			}
-			mu.Lock()
-			defer mu.Unlock()
-			if res.Latency == nil {
-				res.Latency = hdrhistogram.New(1, 60_000_000, 3)
-			}
-			res.Latency.Merge(hist)
-			for s, k := range statuses {
-				res.ByStatus[s] += k
-				res.Sent += k
-			}
-			res.Errors += transport
-			res.Sent += transport
-		}()
-	}
-	wg.Wait()
-	res.Elapsed = time.Since(start)
-	res.OK = res.ByStatus[201]
-	res.Throughput = float64(res.OK) / res.Elapsed.Seconds()
-	return res, nil
-}
-
-func do(client *fasthttp.HostClient, method, uri, key, idem string, body []byte) (int, []byte, error) {
-	req, resp := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
-	defer fasthttp.ReleaseRequest(req)
-	defer fasthttp.ReleaseResponse(resp)
-	req.Header.SetMethod(method)
-	req.SetRequestURI(uri)
-	req.Header.Set("Authorization", "Bearer "+key)
-	req.Header.SetContentType("application/json")
-	if idem != "" {
-		req.Header.Set("Idempotency-Key", idem)
-	}
-	req.SetBody(body)
-	if err := client.Do(req, resp); err != nil {
-		return 0, nil, err
-	}
-	return resp.StatusCode(), append([]byte(nil), resp.Body()...), nil
-}
-
-// Report prints r for people.
-func (r *Result) Report(w io.Writer, c Config) {
-	fmt.Fprintf(w, "posted %d messages (%d sent) in %.2fs with %d clients over %d conversations: %.0f messages/s\n",
-		r.OK, r.Sent, r.Elapsed.Seconds(), c.Concurrency, c.Conversations, r.Throughput)
-	if r.Latency != nil && r.Latency.TotalCount() > 0 {
-		ms := func(q float64) float64 { return float64(r.Latency.ValueAtQuantile(q)) / 1000 }
-		fmt.Fprintf(w, "latency ms: p50 %.2f  p90 %.2f  p99 %.2f  p99.9 %.2f  max %.2f\n",
-			ms(50), ms(90), ms(99), ms(99.9), float64(r.Latency.Max())/1000)
-	}
-	codes := make([]int, 0, len(r.ByStatus))
-	for s := range r.ByStatus {
-		codes = append(codes, s)
-	}
-	sort.Ints(codes)
-	for _, s := range codes {
-		fmt.Fprintf(w, "status %d: %d\n", s, r.ByStatus[s])
-	}
-	if r.Errors > 0 {
-		fmt.Fprintf(w, "transport errors: %d\n", r.Errors)
-	}
-}
-
-// Main is the whole command, shared by `awardee bench` and `go run ./bench`.
-func Main(ctx context.Context, args []string, stdout io.Writer) error {
+// Main is the whole command, shared by `awardee bench` (serve set) and `go run ./bench` (serve
+// nil). The report goes to stdout, the progress lines to stderr.
+func Main(ctx context.Context, args []string, stdout, stderr io.Writer, serve ServeFunc) error {
 	c := DefaultConfig()
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
 	BindFlags(fs, &c)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	c.Serve, c.Progress = serve, stderr
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	if c.Mix == "visitor" && !given["conversations"] {
+		// A visitor's window is 5 posts a second per conversation: spread the load wide enough
+		// that the default run measures the server, not that window.
+		c.Conversations = 1024
+	}
+	if c.Mix == "realtime" {
+		c.Mode = "realtime"
+	}
+	if c.Mode != "post" && c.Mode != "" && c.Ceiling {
+		return errors.New("--ceiling compares posts: it runs with --mode post")
+	}
+	target, stop, err := c.target()
+	if err != nil {
+		return err
+	}
+	defer stop()
+	c.URL, c.APIKey, c.WidgetKey = target.URL, target.APIKey, target.WidgetKey
 	switch c.Mode {
 	case "realtime":
+		if c.Rate == 0 {
+			c.Rate = 20
+		}
 		res, err := RunRealtime(ctx, c)
 		if err != nil {
 			return err
@@ -237,10 +170,36 @@ func Main(ctx context.Context, args []string, stdout io.Writer) error {
 	default:
 		return fmt.Errorf("unknown --mode %q: post, realtime or idle", c.Mode)
 	}
-	res, err := Run(ctx, c)
+	report, err := Run(ctx, c)
 	if err != nil {
 		return err
 	}
-	res.Report(stdout, c)
+	if c.JSON {
+		return report.WriteJSON(stdout)
+	}
+	report.Print(stdout)
 	return nil
+}
+
+// target is the server to load: the one at c.URL, or one started in process.
+func (c Config) target() (Target, func(), error) {
+	if c.URL != "" {
+		return Target{URL: c.URL, APIKey: c.APIKey, WidgetKey: c.WidgetKey}, func() {}, nil
+	}
+	if c.Serve == nil {
+		return Target{}, nil, errNoServer
+	}
+	dir, err := os.MkdirTemp(c.Dir, "awardee-bench-")
+	if err != nil {
+		return Target{}, nil, fmt.Errorf("a data directory for the in-process server: %w", err)
+	}
+	t, stop, err := c.Serve(dir, ServeOptions{AllowPrivateNetworks: c.Mix == "attachments"})
+	if err != nil {
+		os.RemoveAll(dir)
+		return Target{}, nil, fmt.Errorf("starting the in-process server: %w", err)
+	}
+	return t, func() {
+		_ = stop()
+		os.RemoveAll(dir)
+	}, nil
 }

@@ -116,9 +116,10 @@ func closeAll(conns []*websocket.Conn) {
 	}
 }
 
-// openConversations opens n conversations with up to 64 requests at once and returns their ids
-// and visitor tokens.
-func openConversations(client *fasthttp.HostClient, prefix, key string, n int) (ids, tokens []string, err error) {
+// openConversations opens n conversations by posting body to path (POST /conversations with an
+// API key, POST /widget/conversations with the widget key), up to 64 requests at once, and
+// returns their ids and visitor tokens.
+func openConversations(client *fasthttp.HostClient, prefix, path, key, body string, n int) (ids, tokens []string, err error) {
 	ids, tokens = make([]string, n), make([]string, n)
 	var next atomic.Int64
 	var mu sync.Mutex
@@ -132,7 +133,7 @@ func openConversations(client *fasthttp.HostClient, prefix, key string, n int) (
 				if i >= n {
 					return
 				}
-				status, body, e := do(client, "POST", prefix+"/conversations", key, "", []byte(`{"status":"open"}`))
+				status, answer, e := do(client, "POST", prefix+path, key, "", []byte(body))
 				var out struct {
 					Conversation struct {
 						ID string `json:"id"`
@@ -140,9 +141,9 @@ func openConversations(client *fasthttp.HostClient, prefix, key string, n int) (
 					VisitorToken string `json:"visitor_token"`
 				}
 				if e == nil && status == 201 {
-					e = json.Unmarshal(body, &out)
+					e = json.Unmarshal(answer, &out)
 				} else if e == nil {
-					e = fmt.Errorf("status %d: %s", status, body)
+					e = fmt.Errorf("%d %s: %s", status, errorCode(answer), answer)
 				}
 				if e != nil {
 					mu.Lock()
@@ -178,7 +179,10 @@ func RunRealtime(ctx context.Context, c Config) (*RealtimeResult, error) {
 	if c.APIKey == "" {
 		return nil, errors.New("an API key is required (--key ak_…)")
 	}
-	if c.Subscribers < 1 || c.Rate <= 0 || c.Requests < 1 || c.Duration <= 0 {
+	if c.Rate == 0 {
+		c.Rate = 20
+	}
+	if c.Subscribers < 1 || c.Rate < 0 || c.Requests < 1 || c.Duration <= 0 {
 		return nil, errors.New("subscribers, rate, requests and duration must be positive")
 	}
 	d, base, err := newDialers(c)
@@ -188,7 +192,7 @@ func RunRealtime(ctx context.Context, c Config) (*RealtimeResult, error) {
 	raiseFileLimit()
 	client := &fasthttp.HostClient{Addr: base.Host, MaxConns: 256, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second}
 	prefix := strings.TrimRight(c.URL, "/")
-	ids, _, err := openConversations(client, prefix, c.APIKey, 1)
+	ids, _, err := openConversations(client, prefix, "/conversations", c.APIKey, `{"status":"open"}`, 1)
 	if err != nil {
 		return nil, err
 	}
@@ -358,7 +362,7 @@ func RunIdle(ctx context.Context, c Config) (*IdleResult, error) {
 	}
 	client := &fasthttp.HostClient{Addr: base.Host, MaxConns: 128, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second}
 	t0 := time.Now()
-	_, tokens, err := openConversations(client, strings.TrimRight(c.URL, "/"), c.APIKey, c.Connections)
+	_, tokens, err := openConversations(client, strings.TrimRight(c.URL, "/"), "/conversations", c.APIKey, `{"status":"open"}`, c.Connections)
 	if err != nil {
 		return nil, err
 	}
