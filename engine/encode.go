@@ -20,9 +20,17 @@ func appendTime(b []byte, t Time) []byte {
 
 // appendString appends s as a JSON string, escaped as marshal escapes it. Every string reaching
 // it was decoded from valid JSON or made by the engine, so it is valid UTF-8; one that is not
-// fails like marshal would.
+// fails like marshal would. Ids, statuses and most names are printable ASCII without a quote or
+// a backslash, which need no escaping: those are copied as they are.
 func appendString(b []byte, s string) ([]byte, error) {
-	return jsontext.AppendQuote(b, s)
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x80 || c == '"' || c == '\\' {
+			return jsontext.AppendQuote(b, s)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"'), nil
 }
 
 func appendStringOrNull(b []byte, s *string) ([]byte, error) {
@@ -79,29 +87,28 @@ func conversationJSON(c *Conversation) ([]byte, error) {
 }
 
 // messageDraft is a message encoded before its unit runs, split where the fields that only the
-// unit knows go: seq between head and body, created_at after body.
+// unit knows go: seq at split, created_at at the end.
 type messageDraft struct {
-	msg  Message
-	head []byte // {"id":…,"conversation_id":…,"seq":
-	body []byte // ,"role":…,"metadata":{…},"created_at":
+	msg   Message
+	json  []byte // {"id":…,"conversation_id":…,"seq": then ,"role":…,"metadata":{…},"created_at":
+	split int    // where seq goes
 }
 
 // draftMessage encodes msg's fields other than seq and created_at. msg.ConversationID must be
 // set: it is the conversation the unit reads, found or not.
 func draftMessage(msg Message) (messageDraft, error) {
 	var err error
-	head := make([]byte, 0, 96)
-	head = append(head, `{"id":`...)
-	if head, err = appendString(head, msg.ID); err != nil {
+	body := make([]byte, 0, len(msg.Text)+256)
+	body = append(body, `{"id":`...)
+	if body, err = appendString(body, msg.ID); err != nil {
 		return messageDraft{}, err
 	}
-	head = append(head, `,"conversation_id":`...)
-	if head, err = appendString(head, msg.ConversationID); err != nil {
+	body = append(body, `,"conversation_id":`...)
+	if body, err = appendString(body, msg.ConversationID); err != nil {
 		return messageDraft{}, err
 	}
-	head = append(head, `,"seq":`...)
-
-	body := make([]byte, 0, len(msg.Text)+160)
+	body = append(body, `,"seq":`...)
+	split := len(body)
 	body = append(body, `,"role":`...)
 	if body, err = appendString(body, string(msg.Role)); err != nil {
 		return messageDraft{}, err
@@ -138,7 +145,7 @@ func draftMessage(msg Message) (messageDraft, error) {
 		}
 	}
 	body = append(body, `},"created_at":`...)
-	return messageDraft{msg: msg, head: head, body: body}, nil
+	return messageDraft{msg: msg, json: body, split: split}, nil
 }
 
 // finish completes the draft with the fields the unit gives it, returning the message and its
@@ -146,10 +153,10 @@ func draftMessage(msg Message) (messageDraft, error) {
 func (d *messageDraft) finish(seq uint64, at Time) (Message, []byte) {
 	msg := d.msg
 	msg.Seq, msg.CreatedAt = seq, at
-	out := make([]byte, 0, len(d.head)+len(d.body)+len(timeLayout)+24)
-	out = append(out, d.head...)
+	out := make([]byte, 0, len(d.json)+len(timeLayout)+24)
+	out = append(out, d.json[:d.split]...)
 	out = strconv.AppendUint(out, seq, 10)
-	out = append(out, d.body...)
+	out = append(out, d.json[d.split:]...)
 	out = appendTime(out, at)
 	return msg, append(out, '}')
 }

@@ -12,7 +12,7 @@ import (
 // multi-byte runes and the empty string.
 var encodeSamples = []string{
 	"", "Ann", `say "hi"`, `back\slash`, "tab\there\nnew\r\x00\x01\x1f\x7f", "<b>&amp;</b>",
-	"\u2028\u2029", "héllo wörld", "emoji 🎉 and 中文", "\ufeffbom", "/slash/", "'single'",
+	"\u2028\u2029", "del\x7fonly", "héllo wörld", "emoji 🎉 and 中文", "\ufeffbom", "/slash/", "'single'",
 }
 
 func samplePtr(r *rand.Rand) *string {
