@@ -35,7 +35,7 @@ func benchmarkPost(b *testing.B, withKey bool, prepare ...func(*testServer, test
 	b.SetParallelism(int(math.Ceil(64 / float64(runtime.GOMAXPROCS(0)))))
 	var n, failures atomic.Int64
 	run := time.Now().UnixNano()
-	cpuBefore := processCPU(b)
+	cpuBefore, commitsBefore := processCPU(b), ts.db.CommitStats()
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		req, res := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
@@ -57,7 +57,7 @@ func benchmarkPost(b *testing.B, withKey bool, prepare ...func(*testServer, test
 		}
 	})
 	b.StopTimer()
-	cpu := processCPU(b) - cpuBefore
+	cpu, commits := processCPU(b)-cpuBefore, ts.db.CommitStats()
 	if f := failures.Load(); f > 0 {
 		b.Fatalf("%d posts failed", f)
 	}
@@ -65,6 +65,9 @@ func benchmarkPost(b *testing.B, withKey bool, prepare ...func(*testServer, test
 	// The clients share the process: this is the server's CPU per post plus theirs, an upper
 	// bound that moves with the server's.
 	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/post")
+	if n := commits.Batches - commitsBefore.Batches; n > 0 {
+		b.ReportMetric(float64(commits.Units-commitsBefore.Units)/float64(n), "units/batch")
+	}
 }
 
 // processCPU is the user and system CPU time the process has used so far.
