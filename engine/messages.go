@@ -2,7 +2,6 @@ package engine
 
 import (
 	"context"
-	"fmt"
 	"math"
 	"strings"
 	"unicode/utf8"
@@ -96,18 +95,19 @@ func (db *DB) PostMessage(ctx context.Context, in NewMessage, idem *Idempotency)
 	if err != nil {
 		return Message{}, nil, err
 	}
-	var marker *messageDraft
-	if PlanMessage(in.Author, StatusAgentRequested).Takeover {
-		// Only an agent's reply can take over, and whether it does is known only in the unit:
-		// its marker is drafted for the case it does.
-		d, err := draftMessage(Message{
+	// Whether a post takes over is known only in the unit; an author who can take over gets the
+	// marker drafted here for the case it does.
+	markerDraft := func() (messageDraft, error) {
+		return draftMessage(Message{
 			ID: newID(PrefixMessage), ConversationID: in.ConversationID, Role: RoleSystem, Text: AgentJoinedText,
 			Attachments: []Attachment{}, Metadata: MessageMetadata{Source: "system", Event: "agent_joined"},
 		})
-		if err != nil {
+	}
+	var marker messageDraft
+	if PlanMessage(in.Author, StatusAgentRequested).Takeover {
+		if marker, err = markerDraft(); err != nil {
 			return Message{}, nil, err
 		}
-		marker = &d
 	}
 	var out Message
 	var msgJSON []byte
@@ -161,10 +161,12 @@ func (db *DB) PostMessage(ctx context.Context, in NewMessage, idem *Idempotency)
 			}
 		}
 		if plan.Takeover {
-			if marker == nil {
-				return Errorf(CodeInternal, "Internal error.").WithCause(fmt.Errorf("a %s post took over without a drafted marker", in.Author))
+			if marker.json == nil {
+				if marker, err = markerDraft(); err != nil {
+					return err
+				}
 			}
-			if _, _, err := tx.appendMessage(rec, convJSON, marker, now); err != nil {
+			if _, _, err := tx.appendMessage(rec, convJSON, &marker, now); err != nil {
 				return err
 			}
 		}
