@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/awardee/awardee/bench/ceiling"
 	"github.com/awardee/awardee/engine"
 	"github.com/valyala/fasthttp"
 )
@@ -79,7 +80,86 @@ func processCPU(tb testing.TB) time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-func BenchmarkPostMessageHTTP(b *testing.B)               { benchmarkPost(b, false) }
+func BenchmarkPostMessageHTTP(b *testing.B) { benchmarkPost(b, false) }
+
+// BenchmarkPostVsCeiling posts the same closed-loop load (64 connections, 32 conversations, the
+// text of BenchmarkPostMessageHTTP) to the server and to two reference servers of bench/ceiling
+// on the same disk: one-row (one row per post, group commit) and post-rows (the rows a post
+// writes, in the same loop). Each iteration is one round of a short slice against each in turn,
+// so a neighbour's load on a shared machine weighs on all three alike; it reports the server's
+// posts as a share of each reference's. Run it with -benchtime Nx: N rounds.
+func BenchmarkPostVsCeiling(b *testing.B) {
+	ts := newTestServer(b)
+	org := ts.newOrg(b, 0, 0)
+	convs := make([]string, 32)
+	for i := range convs {
+		convs[i] = ts.conversationIn(b, org.APIKey, engine.StatusOpen)
+	}
+	type target struct {
+		name, url, key string
+		posts          int64
+	}
+	targets := []*target{{name: "awardee", url: ts.URL, key: org.APIKey}}
+	for _, ref := range []struct {
+		name  string
+		start func(string) (string, func() error, error)
+	}{{"one-row", ceiling.StartOneRow}, {"post-rows", ceiling.StartPostRows}} {
+		url, stop, err := ref.start(b.TempDir())
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { stop() })
+		targets = append(targets, &target{name: ref.name, url: url})
+	}
+	const slice = 500 * time.Millisecond
+	var failures atomic.Int64
+	load := func(t *target) {
+		client := &fasthttp.HostClient{Addr: t.url[len("http://"):], MaxConns: 64,
+			Dial: func(addr string) (net.Conn, error) { return net.Dial("tcp", addr) }}
+		defer client.CloseIdleConnections()
+		end := time.Now().Add(slice)
+		var posts atomic.Int64
+		var wg sync.WaitGroup
+		for w := range 64 {
+			wg.Go(func() {
+				req, res := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+				defer fasthttp.ReleaseRequest(req)
+				defer fasthttp.ReleaseResponse(res)
+				for i := w; time.Now().Before(end); i += 64 {
+					req.Reset()
+					req.Header.SetMethod("POST")
+					req.SetRequestURI(t.url + "/conversations/" + convs[i%len(convs)] + "/messages")
+					req.Header.Set("Authorization", "Bearer "+t.key)
+					req.SetBodyString(`{"text":"a reply of ordinary length, about sixty-four characters"}`)
+					if err := client.Do(req, res); err != nil || res.StatusCode() != 201 {
+						failures.Add(1)
+						continue
+					}
+					posts.Add(1)
+				}
+			})
+		}
+		wg.Wait()
+		t.posts += posts.Load()
+	}
+	b.ResetTimer()
+	for range b.N {
+		for _, t := range targets {
+			load(t)
+		}
+	}
+	b.StopTimer()
+	if f := failures.Load(); f > 0 {
+		b.Fatalf("%d posts failed", f)
+	}
+	seconds := float64(b.N) * slice.Seconds()
+	for _, t := range targets {
+		b.ReportMetric(float64(t.posts)/seconds, t.name+"-posts/s")
+	}
+	for _, t := range targets[1:] {
+		b.ReportMetric(float64(targets[0].posts)/float64(t.posts), "awardee/"+t.name)
+	}
+}
 func BenchmarkPostMessageHTTPIdempotencyKey(b *testing.B) { benchmarkPost(b, true) }
 
 // BenchmarkQuietOrgDuringFlood measures what one org's flood costs another: many clients of one
