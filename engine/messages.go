@@ -95,20 +95,9 @@ func (db *DB) PostMessage(ctx context.Context, in NewMessage, idem *Idempotency)
 	if err != nil {
 		return Message{}, nil, err
 	}
-	// Whether a post takes over is known only in the unit; an author who can take over gets the
-	// marker drafted here for the case it does.
-	markerDraft := func() (messageDraft, error) {
-		return draftMessage(Message{
-			ID: newID(PrefixMessage), ConversationID: in.ConversationID, Role: RoleSystem, Text: AgentJoinedText,
-			Attachments: []Attachment{}, Metadata: MessageMetadata{Source: "system", Event: "agent_joined"},
-		})
-	}
+	// Whether a post takes over is known only in the unit, and a conversation is taken over once:
+	// the takeover's marker, short and rare, is drafted there, when it is due.
 	var marker messageDraft
-	if PlanMessage(in.Author, StatusAgentRequested).Takeover {
-		if marker, err = markerDraft(); err != nil {
-			return Message{}, nil, err
-		}
-	}
 	var out Message
 	var msgJSON []byte
 	err = db.update(ctx, in.OrgID, func(tx *Tx) error {
@@ -161,8 +150,12 @@ func (db *DB) PostMessage(ctx context.Context, in NewMessage, idem *Idempotency)
 			}
 		}
 		if plan.Takeover {
-			if marker.json == nil {
-				if marker, err = markerDraft(); err != nil {
+			if marker.json == nil { // a batch that runs again keeps the marker's id
+				marker, err = draftMessage(Message{
+					ID: newID(PrefixMessage), ConversationID: rec.ID, Role: RoleSystem, Text: AgentJoinedText,
+					Attachments: []Attachment{}, Metadata: MessageMetadata{Source: "system", Event: "agent_joined"},
+				})
+				if err != nil {
 					return err
 				}
 			}
