@@ -28,6 +28,9 @@ type Config struct {
 	MaxConnsPerIP        int
 	MetricsToken         string
 	PprofAddr            string
+	TLSCert, TLSKey      string // PEM files; both or neither
+	LogFormat            string // text or json
+	LogLevel             string // debug, info, warn or error
 }
 
 func defaultConfig() Config {
@@ -40,6 +43,8 @@ func defaultConfig() Config {
 		ShutdownTimeout:      15 * time.Second,
 		SweepEvery:           time.Minute,
 		MaxConnsPerIP:        defaultMaxConnsPerIP,
+		LogFormat:            "text",
+		LogLevel:             "info",
 	}
 }
 
@@ -64,6 +69,10 @@ func bindServeFlags(fs *flag.FlagSet, c *Config) {
 	fs.IntVar(&c.MaxConnsPerIP, "max-conns-per-ip", c.MaxConnsPerIP, "most connections one client address may hold; 0 turns the cap off (behind a reverse proxy)")
 	fs.StringVar(&c.MetricsToken, "metrics-token", c.MetricsToken, "when set, GET /metrics requires Authorization: Bearer <token>")
 	fs.StringVar(&c.PprofAddr, "pprof-addr", c.PprofAddr, "serve Go's pprof profiles on this separate address (such as 127.0.0.1:6060); off when empty")
+	fs.StringVar(&c.TLSCert, "tls-cert", c.TLSCert, "PEM certificate chain: serve HTTPS on --addr (with --tls-key); SIGHUP reloads the pair")
+	fs.StringVar(&c.TLSKey, "tls-key", c.TLSKey, "PEM private key of --tls-cert")
+	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "text or json (on stderr)")
+	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug (adds one line per request), info, warn or error")
 }
 
 // parseWithEnv parses args; a flag not given on the command line takes AWARDEE_<FLAG> from the
@@ -119,6 +128,15 @@ func (c Config) validate() error {
 	}
 	if c.MaxConns < 0 || c.MaxConnsPerIP < 0 {
 		return errors.New("--max-conns and --max-conns-per-ip must be 0 or more")
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		return errors.New("--tls-cert and --tls-key go together: give both to serve HTTPS, or neither for plain HTTP")
+	}
+	if _, err := parseLogFormat(c.LogFormat); err != nil {
+		return err
+	}
+	if _, err := parseLogLevel(c.LogLevel); err != nil {
+		return err
 	}
 	return nil
 }

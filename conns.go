@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"crypto/tls"
 	"errors"
 	"log/slog"
 	"net"
@@ -111,7 +112,7 @@ func (l *limitListener) Accept() (net.Conn, error) {
 			continue
 		}
 		l.stats.open.Add(1)
-		return &serverConn{Conn: c, release: func() { l.release(addr) }}, nil
+		return withTLS(&serverConn{Conn: c, release: func() { l.release(addr) }}), nil
 	}
 }
 
@@ -227,9 +228,16 @@ func (c *serverConn) closeNow() error {
 	return err
 }
 
-// CloseWrite half-closes a TCP connection.
+// CloseWrite half-closes a TCP connection (over TLS, after its close_notify).
 func (c *serverConn) CloseWrite() error {
-	if tcp, ok := c.Conn.(*net.TCPConn); ok {
+	conn := c.Conn
+	if tc, ok := conn.(*tls.Conn); ok {
+		if err := tc.CloseWrite(); err != nil {
+			return err
+		}
+		conn = tc.NetConn()
+	}
+	if tcp, ok := conn.(*net.TCPConn); ok {
 		return tcp.CloseWrite()
 	}
 	return errors.ErrUnsupported
@@ -237,13 +245,13 @@ func (c *serverConn) CloseWrite() error {
 
 // requestStarted tells c (if it is one of ours) that a request of it is being handled.
 func requestStarted(c net.Conn) {
-	if sc, ok := c.(*serverConn); ok {
+	if sc, ok := ourConn(c); ok {
 		sc.nextRequest()
 	}
 }
 
 // requestLineOver reports whether c's current request line is known to be over limit bytes.
 func requestLineOver(c net.Conn, limit int) bool {
-	sc, ok := c.(*serverConn)
+	sc, ok := ourConn(c)
 	return ok && sc.firstLineOver(limit)
 }

@@ -352,15 +352,19 @@ func TestOfflineCommands(t *testing.T) {
 	if updated.Rate != 3 || updated.Burst != 9 {
 		t.Fatalf("org update: rate %v burst %d, want 3 and 9 (untouched)", updated.Rate, updated.Burst)
 	}
-	backup := filepath.Join(t.TempDir(), "copy")
-	if err := run([]string{"backup", "--data", dir, filepath.Join(backup, engine.DatabaseFile)}, io.Discard, io.Discard); err == nil {
+	archive := filepath.Join(t.TempDir(), "copy", "backup.tar")
+	if err := run([]string{"backup", "--data", dir, archive}, io.Discard, io.Discard); err == nil {
 		t.Fatal("backup into a missing directory should fail")
 	}
-	os.MkdirAll(backup, 0o700)
-	if err := run([]string{"backup", "--data", dir, filepath.Join(backup, engine.DatabaseFile)}, io.Discard, io.Discard); err != nil {
+	os.MkdirAll(filepath.Dir(archive), 0o700)
+	if err := run([]string{"backup", "--data", dir, archive}, io.Discard, io.Discard); err != nil {
 		t.Fatal(err)
 	}
-	// The copy is a working data directory of its own: the second key authenticates there.
+	backup := filepath.Join(t.TempDir(), "restored")
+	if err := run([]string{"restore", "--data", backup, archive}, io.Discard, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	// The restored copy is a working data directory of its own: the second key authenticates there.
 	cfg := defaultConfig()
 	cfg.Data = backup
 	ts := startTestServer(t, cfg)
@@ -452,8 +456,12 @@ func TestServeMigratesAnOlderDataDirectory(t *testing.T) {
 	}
 	p := startProcess(t, dir)
 	mustStatus(t, p.do(t, "GET", "/healthz", "", nil), 200)
-	if !strings.Contains(p.stderr.String(), "migrating the database") || !strings.Contains(p.stderr.String(), "awardee backup") {
-		t.Fatalf("no migration line in the log:\n%s", p.stderr)
+	log := p.stderr.String()
+	line, _, _ := strings.Cut(log[strings.Index(log, "migrating the database")+1:], "\n")
+	if !strings.Contains(log, "migrating the database") || !strings.Contains(line, "`awardee backup`") ||
+		!strings.Contains(line, "from_schema=1") || !strings.Contains(line, "to_schema=2") ||
+		strings.Index(log, "migrating the database") > strings.Index(log, "msg=listening") {
+		t.Fatalf("no migration line naming awardee backup and both versions before the server listened:\n%s", log)
 	}
 	if strings.Contains(p.stdout.String(), "API key") {
 		t.Fatal("a migrated directory got a new default org")
@@ -486,8 +494,9 @@ func TestServeRefusesANewerDataDirectory(t *testing.T) {
 	}
 }
 
-// One-shot commands never migrate: backup copies an older file as it is (the way back to the
-// binary that wrote it), and the commands that write refuse it, pointing at serve.
+// One-shot commands never migrate: backup copies an older file as it is, and restore puts it back
+// as it is (the way back to the binary that wrote it); the commands that write refuse it,
+// pointing at serve.
 func TestOfflineCommandsLeaveAnOlderFileAsItIs(t *testing.T) {
 	dir := t.TempDir()
 	original, err := os.ReadFile("testdata/schema-v1/awardee.db")
@@ -497,10 +506,16 @@ func TestOfflineCommandsLeaveAnOlderFileAsItIs(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, engine.DatabaseFile), original, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	out := filepath.Join(t.TempDir(), "copy.db")
-	if err := run([]string{"backup", "--data", dir, out}, io.Discard, io.Discard); err != nil {
+	archive := filepath.Join(t.TempDir(), "backup.tar")
+	if err := run([]string{"backup", "--data", dir, archive}, io.Discard, io.Discard); err != nil {
 		t.Fatalf("backup of an older file: %v", err)
 	}
+	// Restoring checks a migrated scratch copy and leaves the restored file as it was written.
+	restored := filepath.Join(t.TempDir(), "restored")
+	if err := run([]string{"restore", "--data", restored, archive}, io.Discard, io.Discard); err != nil {
+		t.Fatalf("restore of an older file: %v", err)
+	}
+	out := filepath.Join(restored, engine.DatabaseFile)
 	err = run([]string{"key", "create", "--data", dir, "--org", "org_01M8S3HEMC05MQJ7NFQBCXNVM0"}, io.Discard, io.Discard)
 	if !errors.Is(err, engine.ErrOlderSchema) {
 		t.Fatalf("key create on an older file: %v, want ErrOlderSchema", err)

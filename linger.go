@@ -16,7 +16,7 @@ const (
 // lingerOnClose marks c (if it is one of ours) to drain its unread input before it closes, so a
 // client still sending a refused body reads our answer instead of a reset.
 func lingerOnClose(c net.Conn) {
-	if sc, ok := c.(*serverConn); ok {
+	if sc, ok := ourConn(c); ok {
 		sc.linger.Store(true)
 	}
 }

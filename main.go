@@ -1,7 +1,7 @@
 // Command awardee is a self-hosted chat-support server: one binary, one bbolt file, one node.
 //
-// Subcommands: serve, org create, org update, key create, member create, backup, check. Every flag also reads its
-// AWARDEE_<FLAG> environment variable.
+// Subcommands: serve, org create, org update, key create, member create, backup, restore, check, bench,
+// version. Every flag also reads its AWARDEE_<FLAG> environment variable.
 package main
 
 import (
@@ -12,11 +12,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -32,7 +33,9 @@ const usage = `usage:
   awardee key create --data DIR --org ORG_ID [--name NAME]
   awardee member create --data DIR --org ORG_ID --email E --name N [--role agent] [--password-stdin]
   awardee backup --data DIR OUT
+  awardee restore --data DIR [--force] BACKUP
   awardee check --data DIR
+  awardee version
   awardee bench [--url http://127.0.0.1:8080 --key ak_…] [--concurrency 64 | --rate R] [--requests 50000] [--duration 30s] [--ceiling]
 Run "awardee <command> -h" for a command's flags.
 `
@@ -77,9 +80,13 @@ func run(args []string, stdout, stderr io.Writer) error {
 			return memberCreateCommand(rest[1:], os.Stdin, stdout)
 		}
 	case "backup":
-		return backupCommand(rest, stdout)
+		return backupCommand(rest, stdout, stderr)
+	case "restore":
+		return restoreCommand(rest, os.Stdin, stdout, stderr)
 	case "check":
 		return checkCommand(rest, stdout)
+	case "version":
+		return versionCommand(stdout)
 	case "bench":
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 		defer stop()
@@ -100,7 +107,10 @@ func serveCommand(args []string, stdout, stderr io.Writer) error {
 	if err := cfg.validate(); err != nil {
 		return err
 	}
-	logger := slog.New(slog.NewTextHandler(stderr, nil))
+	logger, err := newLogger(stderr, cfg.LogFormat, cfg.LogLevel)
+	if err != nil {
+		return err
+	}
 	// Bind before anything else: the first start creates org "default" and prints its secrets
 	// once, and a start that cannot have its address must neither lose them nor create the org.
 	ln, err := net.Listen("tcp", cfg.Addr)
@@ -115,14 +125,24 @@ func serveCommand(args []string, stdout, stderr io.Writer) error {
 	signals := make(chan os.Signal, 2)
 	signal.Notify(signals, os.Interrupt, syscall.SIGTERM)
 	defer signal.Stop(signals)
+	// SIGHUP reloads the TLS certificate (a renewal's deploy hook sends it); without TLS it
+	// is logged and ignored, never the default that would end the process.
+	reloads := make(chan os.Signal, 1)
+	signal.Notify(reloads, syscall.SIGHUP)
+	defer signal.Stop(reloads)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
-	select {
-	case err := <-errc:
-		srv.Close(context.Background())
-		return err
-	case sig := <-signals:
-		logger.Info("shutting down: draining requests", "signal", sig.String(), "timeout", cfg.ShutdownTimeout)
+	for waiting := true; waiting; {
+		select {
+		case err := <-errc:
+			srv.Close(context.Background())
+			return err
+		case <-reloads:
+			srv.reloadTLS()
+		case sig := <-signals:
+			logger.Info("shutting down: draining requests", "signal", sig.String(), "timeout", cfg.ShutdownTimeout)
+			waiting = false
+		}
 	}
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
@@ -299,29 +319,6 @@ func memberCreateCommand(args []string, stdin io.Reader, stdout io.Writer) error
 	return printJSON(stdout, out)
 }
 
-func backupCommand(args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("backup", flag.ContinueOnError)
-	dir := fs.String("data", "", "data directory")
-	if err := parseWithEnv(fs, args); err != nil {
-		return err
-	}
-	if fs.NArg() != 1 {
-		return errors.New("backup needs one output path: awardee backup --data DIR OUT")
-	}
-	if _, err := os.Stat(*dir); err != nil {
-		return fmt.Errorf("data directory: %w", err)
-	}
-	err := engine.BackupDir(*dir, fs.Arg(0), time.Second)
-	if errors.Is(err, engine.ErrLocked) {
-		return fmt.Errorf("%w; stop the server first", err)
-	}
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "backup written to %s\n", fs.Arg(0))
-	return nil
-}
-
 // checkCommand verifies a stopped server's database without changing it: bbolt's page check and
 // the engine's invariants. It prints "ok", or every problem and fails.
 func checkCommand(args []string, stdout io.Writer) error {
@@ -352,4 +349,35 @@ func checkCommand(args []string, stdout io.Writer) error {
 		found = "a problem"
 	}
 	return fmt.Errorf("%s has %s; restore the last backup into a new data directory", filepath.Join(*dir, engine.DatabaseFile), found)
+}
+
+// versionCommand prints what the binary was built from: the module's version (a tag when built
+// with go install MODULE@VERSION, "(devel)" from a checkout), the VCS revision and time the go
+// command stamped, and the Go toolchain, so a bug report names its build exactly.
+func versionCommand(stdout io.Writer) error {
+	fmt.Fprintln(stdout, versionLine())
+	return nil
+}
+
+func versionLine() string {
+	info, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "awardee (no build information) " + runtime.Version() + " " + runtime.GOOS + "/" + runtime.GOARCH
+	}
+	settings := map[string]string{}
+	for _, s := range info.Settings {
+		settings[s.Key] = s.Value
+	}
+	parts := []string{"awardee", info.Main.Version}
+	if rev := settings["vcs.revision"]; rev != "" {
+		if settings["vcs.modified"] == "true" {
+			rev += "+modified"
+		}
+		parts = append(parts, "revision "+rev)
+	}
+	if t := settings["vcs.time"]; t != "" {
+		parts = append(parts, "committed "+t)
+	}
+	parts = append(parts, info.GoVersion, runtime.GOOS+"/"+runtime.GOARCH)
+	return strings.Join(parts, " ")
 }

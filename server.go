@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -62,13 +63,15 @@ type server struct {
 	hooks    *hooks.Service
 	blobs    *blobs.Store
 	fetcher  *blobs.Fetcher
-	pprof    *pprofServer // nil unless --pprof-addr
+	pprof    *pprofServer  // nil unless --pprof-addr
+	certs    *certificates // nil unless --tls-cert
 
 	teamPages, visitorPages *pageGate // the list routes' gates, set by routes()
 	conns                   connStats
 	maxConns                int
 	hub                     *rt.Hub
 	widget                  *web.Widget
+	backups                 backupState
 
 	stopBackground context.CancelFunc
 	background     sync.WaitGroup
@@ -98,7 +101,9 @@ func newServer(cfg Config, log *slog.Logger, out io.Writer) (*server, error) {
 		return nil, err
 	}
 	publicURL := cfg.PublicURL
-	if publicURL == "" {
+	if publicURL == "" && cfg.TLSCert != "" {
+		publicURL = "https://" + cfg.Addr
+	} else if publicURL == "" {
 		publicURL = "http://" + cfg.Addr
 	}
 	fetcher := blobs.NewFetcher(blobs.FetchOptions{AllowPrivate: cfg.AllowPrivateNetworks})
@@ -107,6 +112,13 @@ func newServer(cfg Config, log *slog.Logger, out io.Writer) (*server, error) {
 	if s.widget, err = web.NewWidget(); err != nil {
 		db.Close()
 		return nil, err
+	}
+	// Read before the first org is made, so a start that cannot serve HTTPS prints no secret.
+	if cfg.TLSCert != "" {
+		if s.certs, err = loadCertificates(cfg.TLSCert, cfg.TLSKey, log); err != nil {
+			db.Close()
+			return nil, err
+		}
 	}
 	// Bound before the first org is made, so a start that cannot have it prints no secret.
 	if cfg.PprofAddr != "" {
@@ -159,6 +171,9 @@ func newServer(cfg Config, log *slog.Logger, out io.Writer) (*server, error) {
 		IdleTimeout:  2 * time.Minute,
 		ErrorHandler: s.transportError,
 		Logger:       fasthttpLogger{log},
+		// fasthttp's errors would otherwise quote the head they could not parse, cookies and
+		// tokens included, into the log.
+		SecureErrorLogMessage: true,
 		// Only /realtime hijacks: its hub owns those sockets, so fasthttp frees the request.
 		KeepHijackedConns: true,
 	}
@@ -229,8 +244,13 @@ func (s *server) bootstrap(out io.Writer, publicURL string) error {
 
 // Serve serves on ln until Close, holding at most s.maxConns connections (see limitListener).
 func (s *server) Serve(ln net.Listener) error {
-	s.log.Info("listening", "addr", ln.Addr().String(), "data", s.cfg.Data,
+	s.log.Info("listening", "addr", ln.Addr().String(), "data", s.cfg.Data, "tls", s.certs != nil,
 		"max_conns", s.maxConns, "max_conns_per_ip", s.cfg.MaxConnsPerIP)
+	if s.certs != nil {
+		// Inside the connection cap's listener, which so counts TCP connections, and whose
+		// connections fasthttp reads as plaintext (tls.go).
+		ln = tls.NewListener(ln, s.certs.config())
+	}
 	err := s.http.Serve(newLimitListener(ln, s.maxConns, s.cfg.MaxConnsPerIP, &s.conns, s.log))
 	if errors.Is(err, net.ErrClosed) {
 		return nil
@@ -292,6 +312,7 @@ func (s *server) transportError(ctx *fasthttp.RequestCtx, err error) {
 	setCORS(ctx)
 	s.writeError(ctx, refusal)
 	s.metrics.observe("unmatched", ctx, start)
+	s.logRequest(ctx, "unmatched", start)
 	// fasthttp closes the connection after this answer without reading what it refused; closing
 	// with unread data makes the kernel reset the connection, and the client may lose the
 	// answer before reading it.
@@ -331,7 +352,9 @@ func (s *server) routes() fasthttp.RequestHandler {
 	r.RedirectTrailingSlash = false
 	r.RedirectFixedPath = false
 	r.HandleOPTIONS = false
-	r.SaveMatchedRoutePath = false
+	// The request log line names the matched pattern; saving it costs every request a little,
+	// so only while that line is written.
+	r.SaveMatchedRoutePath = s.log.Enabled(context.Background(), slog.LevelDebug)
 
 	preflighted := map[string]bool{}
 	// List routes: bounded pages in flight. Visitors have a gate of their own, so readers with
@@ -373,6 +396,7 @@ func (s *server) routes() fasthttp.RequestHandler {
 	api("GET", "/org/identity-secret", engine.KeyAPI, 200, adminOnly(s.getIdentitySecret))
 	api("POST", "/org/identity-secret", engine.KeyAPI, 200, adminOnly(s.rotateIdentitySecret))
 	r.GET("/files/{org}/{file}", s.serveFile)
+	api("GET", "/admin/backup", engine.KeyAPI, 200, s.backup)
 	api("POST", "/webhooks", engine.KeyAPI, 201, s.createWebhook)
 	api("GET", "/webhooks", engine.KeyAPI, 200, s.listWebhooks)
 	api("DELETE", "/webhooks/{id}", engine.KeyAPI, 200, s.deleteWebhook)
@@ -425,6 +449,10 @@ func (s *server) routes() fasthttp.RequestHandler {
 		s.writeError(ctx, fmt.Errorf("handler panicked: %v\n%s", v, debug.Stack()))
 	}
 	return func(ctx *fasthttp.RequestCtx) {
+		start := time.Now()
+		// Every response carries one (section 3), the static ones included, and so every
+		// request log line.
+		setRequestID(ctx)
 		requestStarted(ctx.Conn())
 		// Set before routing, so that every widget answer carries them: the router's own 404
 		// and 405 included.
@@ -434,6 +462,7 @@ func (s *server) routes() fasthttp.RequestHandler {
 		if s.checkHead(ctx) {
 			r.Handler(ctx)
 		}
+		s.logRequest(ctx, matchedRoute(ctx), start)
 	}
 }
 

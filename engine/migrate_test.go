@@ -1,14 +1,18 @@
 package engine
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/oklog/ulid/v2"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -105,5 +109,123 @@ func TestOpenRefusesANewerSchema(t *testing.T) {
 	after, _ := os.ReadFile(filepath.Join(dir, DatabaseFile))
 	if string(before) != string(after) {
 		t.Fatal("refusing a newer file changed it")
+	}
+}
+
+// The schema version 2 fixture is today's layout, written by this build's server: org default
+// with its admin, one conversation opened in agent_requested with a visitor's message, then a
+// keyed takeover reply (key v2-reply) whose text has <, > and &.
+const v2Fixture = "../testdata/schema-v2/awardee.db"
+
+// v2Thread reads the fixture's one conversation: its org, id and messages.
+func v2Thread(t *testing.T, db *DB) (orgID, convID string, msgs []Message) {
+	t.Helper()
+	orgs, err := db.Orgs()
+	if err != nil || len(orgs) != 1 {
+		t.Fatalf("orgs %v (%v)", orgs, err)
+	}
+	convs, _, err := db.ListConversations(orgs[0].ID, "", nil, 10)
+	if err != nil || len(convs) != 1 {
+		t.Fatalf("conversations %+v (%v)", convs, err)
+	}
+	conv := convs[0].ID
+	return orgs[0].ID, conv, allMessages(t, db, orgs[0].ID, conv)
+}
+
+// layoutNotes is a layout change no build makes, for tests: version 3 adds the bucket
+// layout_notes holding, for every conversation, the number of its messages.
+func layoutNotes(tx *bolt.Tx) error {
+	notes, err := tx.CreateBucket([]byte("layout_notes"))
+	if err != nil {
+		return err
+	}
+	return tx.Bucket(bucketConvs).ForEach(func(k, _ []byte) error {
+		convID := k[len(PrefixOrg)+ulid.EncodedSize:] // keys are org id · conv id
+		n := 0
+		c := tx.Bucket(bucketMsgs).Cursor()
+		for mk, _ := c.Seek(convID); mk != nil && bytes.HasPrefix(mk, convID); mk, _ = c.Next() {
+			n++
+		}
+		return notes.Put(bytes.Clone(k), u64(uint64(n)))
+	})
+}
+
+// Today's file migrates to a later layout at Open: the caller is told first, with both
+// versions, the step runs in the transaction that opens the file, the file then reads as
+// before, and this build (which knows only version 2) refuses the migrated file.
+func TestOpenMigratesTodaysLayoutToALaterOne(t *testing.T) {
+	dir := copyFixture(t, v2Fixture)
+	var order []string
+	later := &schemaLayout{version: schemaVersion + 1, steps: map[uint64]func(*bolt.Tx) error{
+		schemaVersion: func(tx *bolt.Tx) error { order = append(order, "step"); return layoutNotes(tx) },
+	}}
+	db, err := Open(dir, Options{layout: later, OnMigrate: func(from, to uint64) {
+		order = append(order, fmt.Sprintf("told %d→%d", from, to))
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{fmt.Sprintf("told %d→%d", schemaVersion, schemaVersion+1), "step"}; !slices.Equal(order, want) {
+		t.Fatalf("Open did %v, want %v", order, want)
+	}
+	orgID, convID, msgs := v2Thread(t, db)
+	if len(msgs) != 3 || msgs[0].Text != "hello <there> & all" || msgs[1].Text != AgentJoinedText || msgs[2].Text != "Hi <Ann> & co" {
+		t.Fatalf("the migrated thread: %+v", msgs)
+	}
+	forever := 100 * 365 * 24 * time.Hour
+	if rec, err := db.LookupIdempotency(orgID, "v2-reply", forever); err != nil || rec == nil || rec.Status != 201 || !strings.Contains(string(rec.Body), msgs[2].ID) {
+		t.Fatalf("the keyed reply replays as %+v (%v)", rec, err)
+	}
+	var note []byte
+	db.bolt.View(func(tx *bolt.Tx) error {
+		note = bytes.Clone(tx.Bucket([]byte("layout_notes")).Get([]byte(orgID + convID)))
+		return nil
+	})
+	if len(note) != 8 || binary.BigEndian.Uint64(note) != 3 {
+		t.Fatalf("the step's note for the conversation is %x, want 3 messages", note)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	order = nil
+	db, err = Open(dir, Options{layout: later, OnMigrate: func(from, to uint64) { order = append(order, "told") }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	if len(order) != 0 {
+		t.Fatalf("a migrated file was migrated again: %v", order)
+	}
+	if _, err := Open(dir, Options{}); !errors.Is(err, ErrNewerSchema) {
+		t.Fatalf("this build opened the migrated file: %v, want ErrNewerSchema", err)
+	}
+}
+
+// A migration is one transaction: when a later step fails, the file is exactly as it was, and
+// this build still serves it.
+func TestAFailedMigrationChangesNothing(t *testing.T) {
+	dir := copyFixture(t, v2Fixture)
+	before, err := os.ReadFile(filepath.Join(dir, DatabaseFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	failing := &schemaLayout{version: schemaVersion + 2, steps: map[uint64]func(*bolt.Tx) error{
+		schemaVersion:     layoutNotes,
+		schemaVersion + 1: func(*bolt.Tx) error { return errors.New("the second step fails") },
+	}}
+	_, err = Open(dir, Options{layout: failing})
+	if err == nil || !strings.Contains(err.Error(), "the second step fails") || !strings.Contains(err.Error(), fmt.Sprintf("migrating schema version %d to %d", schemaVersion+1, schemaVersion+2)) {
+		t.Fatalf("Open with a failing step: %v", err)
+	}
+	after, err := os.ReadFile(filepath.Join(dir, DatabaseFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(before, after) {
+		t.Fatal("a failed migration changed the file")
+	}
+	db := openDBAt(t, dir)
+	if _, _, msgs := v2Thread(t, db); len(msgs) != 3 {
+		t.Fatalf("after the failed migration the thread has %d messages", len(msgs))
 	}
 }

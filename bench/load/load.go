@@ -41,6 +41,8 @@ type Config struct {
 	// Ceiling runs the same load against the reference servers of package ceiling, on the disk
 	// of Dir, after the server, and reports the server's throughput as a share of each.
 	Ceiling bool
+	// Rounds repeats the whole run, every target again, the order reversed every other round.
+	Rounds int
 	// Dir is where the in-process server's data directory and the reference servers' files go
 	// (a temporary directory inside it, removed afterwards); empty is the system's temporary
 	// directory. Put it on the disk you mean to measure.
@@ -82,7 +84,7 @@ type ServeFunc func(dir string, opts ServeOptions) (Target, func() error, error)
 func DefaultConfig() Config {
 	return Config{
 		Conversations: 64, Concurrency: 64, Requests: 50_000, Duration: 30 * time.Second, TextSize: 64,
-		Mix: "text", Mode: "post", Subscribers: 100, Connections: 1000, Settle: 3 * time.Second,
+		Rounds: 1, Mix: "text", Mode: "post", Subscribers: 100, Connections: 1000, Settle: 3 * time.Second,
 	}
 }
 
@@ -101,6 +103,7 @@ func BindFlags(fs *flag.FlagSet, c *Config) {
 	fs.Float64Var(&c.Rate, "rate", c.Rate, "posts per second: an open loop, latency counted from when each post was due; 0 is the closed loop (realtime: 20)")
 	fs.StringVar(&c.Mix, "mix", c.Mix, "text, attachments (an image each, from a fixture server on 127.0.0.1), visitor (/widget posts and team replies) or realtime (as --mode realtime)")
 	fs.BoolVar(&c.Ceiling, "ceiling", c.Ceiling, "also run the load against the reference servers (no-write, one-row, post-rows) on the disk of --dir and print the ratios")
+	fs.IntVar(&c.Rounds, "rounds", c.Rounds, "run every target this many times, the order reversed every other round, and sum each target's rounds")
 	fs.StringVar(&c.Dir, "dir", c.Dir, "parent of the in-process server's data and the reference servers' files (default: the system's temporary directory)")
 	fs.BoolVar(&c.JSON, "json", c.JSON, "print the report as JSON")
 	fs.StringVar(&c.Mode, "mode", c.Mode, "post, realtime (subscribers, rate: 201-to-frame latency) or idle (connections, server-pid: RSS per idle WebSocket)")
@@ -122,7 +125,9 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer, serve Se
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	BindFlags(fs, &c)
-	if err := fs.Parse(args); err != nil {
+	if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
+		return nil // the flags were printed, as asked
+	} else if err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
@@ -185,6 +190,9 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer, serve Se
 func (c Config) target() (Target, func(), error) {
 	if c.URL != "" {
 		return Target{URL: c.URL, APIKey: c.APIKey, WidgetKey: c.WidgetKey}, func() {}, nil
+	}
+	if c.APIKey != "" {
+		return Target{}, nil, errors.New("--key names an org of a running server: give its --url too (the in-process server makes an org of its own)")
 	}
 	if c.Serve == nil {
 		return Target{}, nil, errNoServer

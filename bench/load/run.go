@@ -30,6 +30,7 @@ type Result struct {
 	Loop        string  `json:"loop"` // closed or open
 	Concurrency int     `json:"concurrency"`
 	Rate        float64 `json:"rate,omitempty"` // open loop: posts due per second
+	Rounds      int     `json:"rounds"`         // runs summed in this result (--rounds)
 
 	// Sent counts every post sent: each is answered with a status (in ByStatus) or failed in
 	// transport (TransportErrors), so Sent is their sum.
@@ -42,7 +43,7 @@ type Result struct {
 	// Late counts open-loop posts sent more than a millisecond after they were due: every
 	// connection was waiting for an answer. Their latency counts from when they were due.
 	Late       int64       `json:"late"`
-	Elapsed    float64     `json:"elapsed_seconds"`
+	Elapsed    float64     `json:"elapsed_seconds"` // summed over the rounds
 	Throughput float64     `json:"ok_per_second"`
 	Latency    Percentiles `json:"latency_ms"` // of the 2xx answers
 
@@ -78,60 +79,103 @@ type Report struct {
 }
 
 // Run runs c against its server and, with c.Ceiling, the same load against each reference
-// server in a temporary directory inside c.Dir, one after the other.
-func Run(ctx context.Context, c Config) (*Report, error) {
+// server in a temporary directory inside c.Dir, one after the other. With c.Rounds above one it
+// does so again, the order reversed every other round so that no target always runs on a
+// warmer or a busier machine, and each target's result sums its rounds.
+func Run(ctx context.Context, c Config) (_ *Report, err error) {
 	if c.Ceiling && c.Mix != "text" {
 		return nil, fmt.Errorf("--ceiling compares the text mix only: the reference servers neither fetch attachments nor serve /widget (got --mix %s)", c.Mix)
 	}
 	var fixtures *fixtureServer
 	if c.Mix == "attachments" {
-		var err error
 		if fixtures, err = startFixtures(); err != nil {
 			return nil, err
 		}
 		defer fixtures.close()
 	}
-	main, err := runOne(ctx, c, "awardee", fixtures)
-	if err != nil {
-		return nil, err
+	type target struct {
+		name string
+		cfg  Config
 	}
-	report := &Report{Runs: []*Result{main}}
-	if !c.Ceiling {
-		return report, nil
+	targets := []target{{"awardee", c}}
+	if c.Ceiling {
+		dir, dirErr := ceiling.TempDir(c.Dir)
+		if dirErr != nil {
+			return nil, dirErr
+		}
+		defer os.RemoveAll(dir)
+		for _, ref := range ceiling.References {
+			sub := filepath.Join(dir, ref.Name)
+			if mkErr := os.Mkdir(sub, 0o700); mkErr != nil {
+				return nil, mkErr
+			}
+			url, stop, startErr := ref.Start(sub)
+			if startErr != nil {
+				return nil, fmt.Errorf("starting the %s reference server: %w", ref.Name, startErr)
+			}
+			defer func() {
+				if stopErr := stop(); err == nil && stopErr != nil {
+					err = fmt.Errorf("stopping the %s reference server: %w", ref.Name, stopErr)
+				}
+			}()
+			rc := c
+			rc.URL, rc.APIKey, rc.Idempotency = url, "reference", false
+			targets = append(targets, target{ref.Name, rc})
+		}
 	}
-	dir, err := ceiling.TempDir(c.Dir)
-	if err != nil {
-		return nil, err
+	results := make([]*Result, len(targets))
+	for round := range max(1, c.Rounds) {
+		for k := range targets {
+			i := k
+			if round%2 == 1 {
+				i = len(targets) - 1 - k
+			}
+			if err := ctx.Err(); err != nil {
+				return nil, err
+			}
+			res, err := runOne(ctx, targets[i].cfg, targets[i].name, fixtures)
+			if err != nil {
+				return nil, err
+			}
+			if results[i] == nil {
+				results[i] = res
+			} else {
+				results[i].add(res)
+			}
+		}
 	}
-	defer os.RemoveAll(dir)
-	report.Ratios = map[string]float64{}
-	for _, ref := range ceiling.References {
-		if err := ctx.Err(); err != nil {
-			return nil, err
-		}
-		sub := filepath.Join(dir, ref.Name)
-		if err := os.Mkdir(sub, 0o700); err != nil {
-			return nil, err
-		}
-		url, stop, err := ref.Start(sub)
-		if err != nil {
-			return nil, fmt.Errorf("starting the %s reference server: %w", ref.Name, err)
-		}
-		rc := c
-		rc.URL, rc.APIKey, rc.Idempotency = url, "reference", false
-		res, err := runOne(ctx, rc, ref.Name, nil)
-		if stopErr := stop(); err == nil && stopErr != nil {
-			err = fmt.Errorf("stopping the %s reference server: %w", ref.Name, stopErr)
-		}
-		if err != nil {
-			return nil, err
-		}
-		report.Runs = append(report.Runs, res)
-		if res.Throughput > 0 {
-			report.Ratios[main.Target+"/"+ref.Name] = main.Throughput / res.Throughput
+	report := &Report{Runs: results}
+	if c.Ceiling {
+		report.Ratios = map[string]float64{}
+		for _, res := range results[1:] {
+			if res.Throughput > 0 {
+				report.Ratios[results[0].Target+"/"+res.Target] = results[0].Throughput / res.Throughput
+			}
 		}
 	}
 	return report, nil
+}
+
+// add sums another round's result into res.
+func (res *Result) add(o *Result) {
+	res.Rounds += o.Rounds
+	res.Sent += o.Sent
+	res.OK += o.OK
+	for k, n := range o.ByStatus {
+		res.ByStatus[k] += n
+	}
+	for k, n := range o.ByCode {
+		res.ByCode[k] += n
+	}
+	if res.FirstTransport == "" {
+		res.FirstTransport = o.FirstTransport
+	}
+	res.TransportErrors += o.TransportErrors
+	res.Late += o.Late
+	res.Elapsed += o.Elapsed
+	res.Histogram.Merge(o.Histogram)
+	res.Throughput = float64(res.OK) / res.Elapsed
+	res.Latency = percentiles(res.Histogram)
 }
 
 // runOne opens the conversations, then posts until the count or the time is spent or ctx ends.
@@ -195,7 +239,7 @@ func runOne(ctx context.Context, c Config, target string, fixtures *fixtureServe
 		return "/conversations/" + convs[i] + "/messages", c.APIKey, textBody
 	}
 
-	res := &Result{Target: target, URL: c.URL, Mix: mix, Loop: "closed", Concurrency: c.Concurrency,
+	res := &Result{Target: target, URL: c.URL, Mix: mix, Loop: "closed", Concurrency: c.Concurrency, Rounds: 1,
 		ByStatus: map[string]int64{}, ByCode: map[string]int64{}, Histogram: newHistogram()}
 	var interval time.Duration
 	if c.Rate > 0 {
@@ -204,11 +248,11 @@ func runOne(ctx context.Context, c Config, target string, fixtures *fixtureServe
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.Duration)
 	defer cancel()
-	var next, sent, ok atomic.Int64
+	var next, sent, answered, ok atomic.Int64
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	start := time.Now()
-	stopProgress := progress(c.Progress, target, start, &sent, &ok)
+	stopProgress := progress(c.Progress, target, start, &sent, &answered, &ok)
 	defer stopProgress()
 	for range c.Concurrency {
 		wg.Go(func() {
@@ -248,6 +292,7 @@ func runOne(ctx context.Context, c Config, target string, fixtures *fixtureServe
 				}
 				sent.Add(1)
 				status, respBody, err := do(client, "POST", prefix+path, key, idem, body)
+				answered.Add(1)
 				if err != nil {
 					if transport == 0 {
 						firstTransport = err.Error()
@@ -326,7 +371,7 @@ func errorCode(body []byte) string {
 }
 
 // progress writes a line to w each second until the returned function is called.
-func progress(w io.Writer, target string, start time.Time, sent, ok *atomic.Int64) func() {
+func progress(w io.Writer, target string, start time.Time, sent, answered, ok *atomic.Int64) func() {
 	if w == nil {
 		return func() {}
 	}
@@ -343,9 +388,11 @@ func progress(w io.Writer, target string, start time.Time, sent, ok *atomic.Int6
 			case <-done:
 				return
 			case now := <-tick.C:
-				s, k := sent.Load(), ok.Load()
-				fmt.Fprintf(w, "%s %4.0fs: %d sent, %d 2xx, %.0f 2xx/s in the last second, %d not 2xx\n",
-					target, now.Sub(start).Seconds(), s, k, float64(k-lastOK)/now.Sub(last).Seconds(), s-k)
+				k := ok.Load()
+				a := answered.Load()
+				s := sent.Load()
+				fmt.Fprintf(w, "%s %4.0fs: %d sent, %d 2xx, %.0f 2xx/s in the last second, %d errors, %d in flight\n",
+					target, now.Sub(start).Seconds(), s, k, float64(k-lastOK)/now.Sub(last).Seconds(), a-k, s-a)
 				lastOK, last = k, now
 			}
 		}
@@ -386,6 +433,9 @@ func (res *Result) Print(w io.Writer) {
 	loop := fmt.Sprintf("closed loop, %d connections", res.Concurrency)
 	if res.Loop == "open" {
 		loop = fmt.Sprintf("open loop at %.0f/s, %d connections", res.Rate, res.Concurrency)
+	}
+	if res.Rounds > 1 {
+		loop += fmt.Sprintf(", %d rounds", res.Rounds)
 	}
 	fmt.Fprintf(w, "%s (%s, %s mix): %d sent, %d 2xx in %.2fs: %.0f 2xx/s\n",
 		res.Target, loop, res.Mix, res.Sent, res.OK, res.Elapsed, res.Throughput)
