@@ -8,9 +8,11 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/awardee/awardee/bench/ceiling"
 	"github.com/awardee/awardee/engine"
 	"github.com/valyala/fasthttp"
 )
@@ -34,6 +36,7 @@ func benchmarkPost(b *testing.B, withKey bool, prepare ...func(*testServer, test
 	b.SetParallelism(int(math.Ceil(64 / float64(runtime.GOMAXPROCS(0)))))
 	var n, failures atomic.Int64
 	run := time.Now().UnixNano()
+	cpuBefore, commitsBefore := processCPU(b), ts.db.CommitStats()
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		req, res := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
@@ -55,13 +58,108 @@ func benchmarkPost(b *testing.B, withKey bool, prepare ...func(*testServer, test
 		}
 	})
 	b.StopTimer()
+	cpu, commits := processCPU(b)-cpuBefore, ts.db.CommitStats()
 	if f := failures.Load(); f > 0 {
 		b.Fatalf("%d posts failed", f)
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "posts/s")
+	// The clients share the process: this is the server's CPU per post plus theirs, an upper
+	// bound that moves with the server's.
+	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/post")
+	if n := commits.Batches - commitsBefore.Batches; n > 0 {
+		b.ReportMetric(float64(commits.Units-commitsBefore.Units)/float64(n), "units/batch")
+	}
 }
 
-func BenchmarkPostMessageHTTP(b *testing.B)               { benchmarkPost(b, false) }
+// processCPU is the user and system CPU time the process has used so far.
+func processCPU(tb testing.TB) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		tb.Fatalf("getrusage: %v", err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+func BenchmarkPostMessageHTTP(b *testing.B) { benchmarkPost(b, false) }
+
+// BenchmarkPostVsCeiling posts the same closed-loop load (64 connections, 32 conversations, the
+// text of BenchmarkPostMessageHTTP) to the server and to two reference servers of bench/ceiling
+// on the same disk: one-row (one row per post, group commit) and post-rows (the rows a post
+// writes, in the same loop). Each iteration is one round of a short slice against each in turn,
+// so a neighbour's load on a shared machine weighs on all three alike; it reports the server's
+// posts as a share of each reference's. Run it with -benchtime Nx: N rounds.
+func BenchmarkPostVsCeiling(b *testing.B) {
+	ts := newTestServer(b)
+	org := ts.newOrg(b, 0, 0)
+	convs := make([]string, 32)
+	for i := range convs {
+		convs[i] = ts.conversationIn(b, org.APIKey, engine.StatusOpen)
+	}
+	type target struct {
+		name, url, key string
+		posts          int64
+	}
+	targets := []*target{{name: "awardee", url: ts.URL, key: org.APIKey}}
+	for _, ref := range []struct {
+		name  string
+		start func(string) (string, func() error, error)
+	}{{"one-row", ceiling.StartOneRow}, {"post-rows", ceiling.StartPostRows}} {
+		url, stop, err := ref.start(b.TempDir())
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { stop() })
+		targets = append(targets, &target{name: ref.name, url: url})
+	}
+	const slice = 500 * time.Millisecond
+	var failures atomic.Int64
+	load := func(t *target) {
+		client := &fasthttp.HostClient{Addr: t.url[len("http://"):], MaxConns: 64,
+			Dial: func(addr string) (net.Conn, error) { return net.Dial("tcp", addr) }}
+		defer client.CloseIdleConnections()
+		end := time.Now().Add(slice)
+		var posts atomic.Int64
+		var wg sync.WaitGroup
+		for w := range 64 {
+			wg.Go(func() {
+				req, res := fasthttp.AcquireRequest(), fasthttp.AcquireResponse()
+				defer fasthttp.ReleaseRequest(req)
+				defer fasthttp.ReleaseResponse(res)
+				for i := w; time.Now().Before(end); i += 64 {
+					req.Reset()
+					req.Header.SetMethod("POST")
+					req.SetRequestURI(t.url + "/conversations/" + convs[i%len(convs)] + "/messages")
+					req.Header.Set("Authorization", "Bearer "+t.key)
+					req.SetBodyString(`{"text":"a reply of ordinary length, about sixty-four characters"}`)
+					if err := client.Do(req, res); err != nil || res.StatusCode() != 201 {
+						failures.Add(1)
+						continue
+					}
+					posts.Add(1)
+				}
+			})
+		}
+		wg.Wait()
+		t.posts += posts.Load()
+	}
+	b.ResetTimer()
+	for range b.N {
+		for _, t := range targets {
+			load(t)
+		}
+	}
+	b.StopTimer()
+	if f := failures.Load(); f > 0 {
+		b.Fatalf("%d posts failed", f)
+	}
+	seconds := float64(b.N) * slice.Seconds()
+	for _, t := range targets {
+		b.ReportMetric(float64(t.posts)/seconds, t.name+"-posts/s")
+	}
+	for _, t := range targets[1:] {
+		b.ReportMetric(float64(targets[0].posts)/float64(t.posts), "awardee/"+t.name)
+	}
+}
 func BenchmarkPostMessageHTTPIdempotencyKey(b *testing.B) { benchmarkPost(b, true) }
 
 // BenchmarkQuietOrgDuringFlood measures what one org's flood costs another: many clients of one

@@ -345,7 +345,7 @@ func decodeJSON(raw []byte, v any, emptyOK bool) error {
 	if err := json.Unmarshal(trimmed, v); err != nil {
 		return decodeError(err)
 	}
-	path, err := miscasedName(jsontext.NewDecoder(bytes.NewReader(trimmed)), reflect.TypeOf(v), "")
+	path, err := findMiscasedName(trimmed, reflect.TypeOf(v))
 	if err != nil {
 		return decodeError(err)
 	}
@@ -410,6 +410,39 @@ func jsonKindName(k jsontext.Kind) string {
 		return "an array"
 	}
 	return "another kind of value"
+}
+
+// nameScanner is a reusable decoder for findMiscasedName: every body is scanned a second time,
+// and a fresh decoder per request was several allocations and a read buffer each.
+type nameScanner struct {
+	r   bytes.Reader
+	dec *jsontext.Decoder
+}
+
+var nameScanners = sync.Pool{New: func() any {
+	s := &nameScanner{}
+	s.dec = jsontext.NewDecoder(&s.r)
+	return s
+}}
+
+// maxPooledScan bounds the bodies scanned with a pooled decoder, whose read buffer grows to the
+// body's size and stays that large while pooled.
+const maxPooledScan = 64 << 10
+
+// findMiscasedName is miscasedName over raw, the body that decoded into t.
+func findMiscasedName(raw []byte, t reflect.Type) (string, error) {
+	if len(raw) > maxPooledScan {
+		return miscasedName(jsontext.NewDecoder(bytes.NewReader(raw)), t, "")
+	}
+	s := nameScanners.Get().(*nameScanner)
+	s.r.Reset(raw)
+	s.dec.Reset(&s.r)
+	path, err := miscasedName(s.dec, t, "")
+	// Drop the body (fasthttp reuses its buffer) before the scanner waits in the pool.
+	s.r.Reset(nil)
+	s.dec.Reset(&s.r)
+	nameScanners.Put(s)
+	return path, err
 }
 
 // miscasedName walks a value that decoded into t and returns the path of the first member name

@@ -25,15 +25,17 @@ func setWriters(b *testing.B) int {
 	return p * procs
 }
 
-// reportWrites reports the throughput, and the mean batch size since before (how many units
-// each fsync carried), which tells an I/O-bound run from a CPU-bound one.
-func reportWrites(b *testing.B, db *DB, before CommitStats) {
+// reportWrites reports the throughput, the mean batch size since before (how many units each
+// fsync carried), which tells an I/O-bound run from a CPU-bound one, and the page writes each
+// batch made (bbolt's count: one per contiguous run of dirty pages, plus the meta page).
+func reportWrites(b *testing.B, db *DB, before CommitStats, writesBefore int64) {
 	if s := b.Elapsed().Seconds(); s > 0 {
 		b.ReportMetric(float64(b.N)/s, "writes/s")
 	}
 	after := db.CommitStats()
 	if n := after.Batches - before.Batches; n > 0 {
 		b.ReportMetric(float64(after.Units-before.Units)/float64(n), "units/batch")
+		b.ReportMetric(float64(pageWrites(db)-writesBefore)/float64(n), "page-writes/batch")
 	}
 }
 
@@ -50,7 +52,7 @@ func BenchmarkPostMessage(b *testing.B) {
 	// 200 bytes of text, the same payload as the bare append's value.
 	text := strings.Repeat("x", 200)
 	var next atomic.Int64
-	before := db.CommitStats()
+	before, writes := db.CommitStats(), pageWrites(db)
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		conv := convs[int(next.Add(1)-1)%len(convs)]
@@ -62,7 +64,7 @@ func BenchmarkPostMessage(b *testing.B) {
 			}
 		}
 	})
-	reportWrites(b, db, before)
+	reportWrites(b, db, before, writes)
 }
 
 // BenchmarkBareAppend: each unit puts one 200-byte value under a new big-endian key (so every
@@ -80,7 +82,7 @@ func BenchmarkBareAppend(b *testing.B) {
 	setWriters(b)
 	value := make([]byte, 200)
 	var seq atomic.Uint64
-	before := db.CommitStats()
+	before, writes := db.CommitStats(), pageWrites(db)
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
@@ -94,5 +96,11 @@ func BenchmarkBareAppend(b *testing.B) {
 			}
 		}
 	})
-	reportWrites(b, db, before)
+	reportWrites(b, db, before, writes)
+}
+
+// pageWrites is how many writes bbolt has made to the file since Open.
+func pageWrites(db *DB) int64 {
+	stats := db.bolt.Stats().TxStats
+	return stats.GetWrite()
 }

@@ -60,6 +60,9 @@ type committer struct {
 
 	stopped chan struct{}
 
+	// convs is the loop goroutine's own: units read and write it without a lock.
+	convs *convCache
+
 	batches, units, failed atomic.Uint64
 
 	// writeErr is the cause of the last failed commit, nil once a commit succeeds again.
@@ -88,7 +91,8 @@ func (db *DB) CommitStats() CommitStats {
 }
 
 func startCommitter(db *DB, maxBatch int) *committer {
-	c := &committer{db: db, maxBatch: maxBatch, queues: make(map[string]*orgQueue), stopped: make(chan struct{})}
+	c := &committer{db: db, maxBatch: maxBatch, queues: make(map[string]*orgQueue), stopped: make(chan struct{}),
+		convs: newConvCache(maxCachedConversations)}
 	c.wake = sync.NewCond(&c.mu)
 	go c.loop()
 	return c
@@ -220,6 +224,9 @@ func (c *committer) run(batch []*pending) {
 			}
 			return nil
 		})
+		if err != nil {
+			c.convs.rolledBack()
+		}
 		if failed >= 0 {
 			c.failed.Add(1)
 			batch[failed].done <- unitErr
@@ -230,6 +237,7 @@ func (c *committer) run(batch []*pending) {
 			// The commit itself failed (disk full, I/O error, a damaged page): bbolt rolled
 			// everything back. The cause is for the log; the callers learn only that nothing
 			// was stored.
+			c.convs.failed()
 			c.writeErr.Store(&err)
 			c.lastProbe.Store(time.Now().UnixNano())
 			fail := errCommit.WithCause(err)
@@ -239,6 +247,7 @@ func (c *committer) run(batch []*pending) {
 			}
 			return
 		}
+		c.convs.committedBatch()
 		c.writeErr.Store(nil)
 		c.batches.Add(1)
 		c.units.Add(uint64(len(batch)))

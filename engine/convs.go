@@ -218,7 +218,7 @@ func (db *DB) UpdateConversation(ctx context.Context, orgID, convID string, patc
 	var out Conversation
 	var body []byte
 	err = db.update(ctx, orgID, func(tx *Tx) error {
-		rec, err := readConversation(tx.bolt, orgID, convID)
+		rec, err := tx.conversation(orgID, convID)
 		if err != nil {
 			return err
 		}
@@ -365,7 +365,7 @@ func readConversation(btx *bolt.Tx, orgID, convID string) (*conversationRecord, 
 // putConversation stores rec and keeps the activity index and per-status counts in step with it;
 // old is the stored version before this unit changed it, nil for a new conversation.
 func (tx *Tx) putConversation(rec *conversationRecord, old *conversationRecord) error {
-	convJSON, err := marshal(rec.Conversation)
+	convJSON, err := conversationJSON(&rec.Conversation)
 	if err != nil {
 		return err
 	}
@@ -385,6 +385,7 @@ func (tx *Tx) putConversationJSON(rec *conversationRecord, old *conversationReco
 	if err := tx.bolt.Bucket(bucketConvs).Put([]byte(rec.OrgID+rec.ID), stored); err != nil {
 		return err
 	}
+	tx.cacheConversation(rec)
 	idx := tx.bolt.Bucket(bucketActivity)
 	org := []byte(rec.OrgID)
 	if old != nil {

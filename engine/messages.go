@@ -78,12 +78,30 @@ func (db *DB) PostMessage(ctx context.Context, in NewMessage, idem *Idempotency)
 	if attachments == nil {
 		attachments = []Attachment{}
 	}
-	msgID := newID(PrefixMessage)
-	markerID := newID(PrefixMessage)
+	// Everything of the messages but seq and time is encoded here, off the commit loop.
+	msg := Message{ID: newID(PrefixMessage), ConversationID: in.ConversationID, Text: text, Attachments: attachments}
+	switch in.Author {
+	case AuthorAgent:
+		msg.Role, msg.Metadata = RoleAssistant, MessageMetadata{Source: "api", APIKeyID: in.APIKeyID}
+		if in.MemberID != "" {
+			msg.Metadata = MessageMetadata{Source: "dashboard", MemberID: in.MemberID}
+		}
+	case AuthorBot:
+		msg.Role, msg.Metadata = RoleAssistant, MessageMetadata{Source: "bot", APIKeyID: in.APIKeyID}
+	default:
+		msg.Role, msg.Metadata = RoleUser, MessageMetadata{Source: "widget"}
+	}
+	draft, err := draftMessage(msg)
+	if err != nil {
+		return Message{}, nil, err
+	}
+	// Whether a post takes over is known only in the unit, and a conversation is taken over once:
+	// the takeover's marker, short and rare, is drafted there, when it is due.
+	var marker messageDraft
 	var out Message
 	var msgJSON []byte
 	err = db.update(ctx, in.OrgID, func(tx *Tx) error {
-		rec, err := readConversation(tx.bolt, in.OrgID, in.ConversationID)
+		rec, err := tx.conversation(in.OrgID, in.ConversationID)
 		if err != nil {
 			return err
 		}
@@ -92,9 +110,9 @@ func (db *DB) PostMessage(ctx context.Context, in NewMessage, idem *Idempotency)
 			return invalidForMessage(in.Author, rec.Status)
 		}
 		old := *rec
-		changes := map[string]Change{}
+		var changes map[string]Change
 		if plan.NewState != old.Status {
-			changes["status"] = Change{From: old.Status, To: plan.NewState}
+			changes = map[string]Change{"status": {From: old.Status, To: plan.NewState}}
 		}
 		// The dashboard's rule (section 12): a member's reply takes an unassigned conversation,
 		// judged here on the state inside the unit, so of two members replying at once exactly
@@ -104,6 +122,9 @@ func (db *DB) PostMessage(ctx context.Context, in NewMessage, idem *Idempotency)
 			case rec.Assignee == nil:
 				member := in.MemberID
 				rec.Assignee = &member
+				if changes == nil {
+					changes = map[string]Change{}
+				}
 				changes["assignee"] = Change{From: nil, To: member}
 			case *rec.Assignee != in.MemberID:
 				return Errorf(CodeInvalidState, "conversation is assigned to another team member; reassign it first").
@@ -114,7 +135,7 @@ func (db *DB) PostMessage(ctx context.Context, in NewMessage, idem *Idempotency)
 		rec.LastActivityAt = now
 		rec.Status = plan.NewState
 		// Every event of this unit carries the conversation as it is after the unit: encode once.
-		convJSON, err := marshal(rec.Conversation)
+		convJSON, err := conversationJSON(&rec.Conversation)
 		if err != nil {
 			return err
 		}
@@ -129,27 +150,20 @@ func (db *DB) PostMessage(ctx context.Context, in NewMessage, idem *Idempotency)
 			}
 		}
 		if plan.Takeover {
-			marker := Message{
-				ID: markerID, Role: RoleSystem, Text: AgentJoinedText, Attachments: []Attachment{},
-				Metadata: MessageMetadata{Source: "system", Event: "agent_joined"},
+			if marker.json == nil { // a batch that runs again keeps the marker's id
+				marker, err = draftMessage(Message{
+					ID: newID(PrefixMessage), ConversationID: rec.ID, Role: RoleSystem, Text: AgentJoinedText,
+					Attachments: []Attachment{}, Metadata: MessageMetadata{Source: "system", Event: "agent_joined"},
+				})
+				if err != nil {
+					return err
+				}
 			}
-			if _, _, err := tx.appendMessage(rec, convJSON, marker, now); err != nil {
+			if _, _, err := tx.appendMessage(rec, convJSON, &marker, now); err != nil {
 				return err
 			}
 		}
-		msg := Message{ID: msgID, Text: text, Attachments: attachments}
-		switch in.Author {
-		case AuthorAgent:
-			msg.Role, msg.Metadata = RoleAssistant, MessageMetadata{Source: "api", APIKeyID: in.APIKeyID}
-			if in.MemberID != "" {
-				msg.Metadata = MessageMetadata{Source: "dashboard", MemberID: in.MemberID}
-			}
-		case AuthorBot:
-			msg.Role, msg.Metadata = RoleAssistant, MessageMetadata{Source: "bot", APIKeyID: in.APIKeyID}
-		default:
-			msg.Role, msg.Metadata = RoleUser, MessageMetadata{Source: "widget"}
-		}
-		if out, msgJSON, err = tx.appendMessage(rec, convJSON, msg, now); err != nil {
+		if out, msgJSON, err = tx.appendMessage(rec, convJSON, &draft, now); err != nil {
 			return err
 		}
 		if err := tx.putConversationJSON(rec, &old, convJSON); err != nil {
@@ -171,20 +185,14 @@ func (db *DB) PostMessage(ctx context.Context, in NewMessage, idem *Idempotency)
 	return out, msgJSON, nil
 }
 
-// appendMessage gives msg the conversation's next seq and stores it with its event, whose data
-// splices the message and convJSON (the conversation's encoding after the unit), and returns the
-// stored message with its encoding. The stored event points at the message instead of copying it
-// (see appendMessageEvent). rec is updated in memory; the caller stores it once all of the unit's
-// messages are appended.
-func (tx *Tx) appendMessage(rec *conversationRecord, convJSON []byte, msg Message, now Time) (Message, []byte, error) {
+// appendMessage gives the drafted message the conversation's next seq and stores it with its
+// event, whose data splices the message and convJSON (the conversation's encoding after the
+// unit), and returns the stored message with its encoding. The stored event points at the
+// message instead of copying it (see appendMessageEvent). rec is updated in memory; the caller
+// stores it once all of the unit's messages are appended.
+func (tx *Tx) appendMessage(rec *conversationRecord, convJSON []byte, draft *messageDraft, now Time) (Message, []byte, error) {
 	rec.LastSeq++
-	msg.Seq = rec.LastSeq
-	msg.ConversationID = rec.ID
-	msg.CreatedAt = now
-	msgJSON, err := marshal(msg)
-	if err != nil {
-		return Message{}, nil, err
-	}
+	msg, msgJSON := draft.finish(rec.LastSeq, now)
 	msgs := tx.bolt.Bucket(bucketMsgs)
 	msgs.FillPercent = appendFill
 	if err := msgs.Put(join([]byte(rec.ID), u64(msg.Seq)), msgJSON); err != nil {
@@ -234,7 +242,7 @@ func (db *DB) RequestAgent(ctx context.Context, orgID, convID string, idem *Idem
 	var out Conversation
 	var body []byte
 	err = db.update(ctx, orgID, func(tx *Tx) error {
-		rec, err := readConversation(tx.bolt, orgID, convID)
+		rec, err := tx.conversation(orgID, convID)
 		if err != nil {
 			return err
 		}
