@@ -361,6 +361,13 @@ func restoreCommand(args []string, stdin io.Reader, stdout, stderr io.Writer) er
 	if missing > 0 {
 		fmt.Fprintf(stderr, "awardee: warning: %d blobs the database references are not in the backup; their files will answer 404\n", missing)
 	}
+	if replacing {
+		// Unpacking and checking a big backup takes a while: a server started on target in the
+		// meantime must not have its directory renamed away under it.
+		if err := engine.EnsureNotServed(target, time.Second); err != nil {
+			return fmt.Errorf("%w; stop the server before replacing its data", err)
+		}
+	}
 	if err := moveIntoPlace(tmp, target, replacing); err != nil {
 		return err
 	}
@@ -425,7 +432,7 @@ func unpackBackup(src io.Reader, dir string) (restoredFiles, error) {
 			return files, fmt.Errorf("%w: %q is not a regular file", errNotABackup, hdr.Name)
 		case hdr.Name == engine.DatabaseFile && !sawDB:
 			sawDB = true
-			if _, err := writeSynced(filepath.Join(dir, engine.DatabaseFile), tr, nil); err != nil {
+			if _, err := writeSynced(filepath.Join(dir, engine.DatabaseFile), denseEntry(tr, counted), nil); err != nil {
 				return files, err
 			}
 		default:
@@ -438,7 +445,7 @@ func unpackBackup(src io.Reader, dir string) (restoredFiles, error) {
 				return files, err
 			}
 			hasher := blake3.New()
-			if _, err := writeSynced(path, tr, hasher); err != nil {
+			if _, err := writeSynced(path, denseEntry(tr, counted), hasher); err != nil {
 				return files, err
 			}
 			if blobs.Hash(hasher.Sum(nil)) != h {
@@ -451,6 +458,31 @@ func unpackBackup(src io.Reader, dir string) (restoredFiles, error) {
 		return files, fmt.Errorf("%w: it holds no %s", errNotABackup, engine.DatabaseFile)
 	}
 	return files, syncTree(dir)
+}
+
+var errSparseEntry = fmt.Errorf("%w: an entry holds holes (a sparse file), which no backup writes", errNotABackup)
+
+// denseEntry reads the current entry of tr and fails once it yields more bytes than the
+// archive's stream has delivered since the entry began. archive/tar expands sparse entries and
+// reports them as regular files, so without this a few KiB of sparse map would write gigabytes
+// of zeros to the disk the server runs on before any check could refuse them.
+func denseEntry(tr io.Reader, raw *countingReader) io.Reader {
+	return &denseReader{r: tr, raw: raw, start: raw.n}
+}
+
+type denseReader struct {
+	r        io.Reader
+	raw      *countingReader
+	start, n int64
+}
+
+func (d *denseReader) Read(p []byte) (int, error) {
+	n, err := d.r.Read(p)
+	d.n += int64(n)
+	if d.n > d.raw.n-d.start {
+		return n, errSparseEntry
+	}
+	return n, err
 }
 
 type countingReader struct {

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
 	"os"
 	"os/exec"
@@ -506,5 +507,44 @@ func TestRestoreRefusesANewerBackupWithItsExitStatus(t *testing.T) {
 	}
 	if _, err := os.Stat(target); !errors.Is(err, os.ErrNotExist) {
 		t.Fatal("a refused restore made its directory")
+	}
+}
+
+// TestRestoreRefusesASparseEntry restores a 10 KiB archive that GNU tar wrote for a 1 GiB file
+// of holes: archive/tar expands it as a regular file, so restore must notice that the entry
+// yields more than the archive holds before it fills the disk with zeros.
+func TestRestoreRefusesASparseEntry(t *testing.T) {
+	gnuTar, err := exec.LookPath("tar")
+	if err != nil {
+		t.Fatalf("this test builds its archive with GNU tar, which every Debian system has: %v", err)
+	}
+	work := t.TempDir()
+	holes, err := os.Create(filepath.Join(work, engine.DatabaseFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := holes.Truncate(1 << 30); err != nil {
+		t.Fatal(err)
+	}
+	holes.Close()
+	archive := filepath.Join(t.TempDir(), "sparse.tar")
+	cmd := exec.Command(gnuTar, "--sparse", "--sparse-version=1.0", "--format=pax", "-C", work, "-cf", archive, engine.DatabaseFile)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("tar: %v: %s", err, out)
+	}
+	raw, err := os.ReadFile(archive)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(raw) > 1<<20 {
+		t.Fatalf("tar wrote %d bytes: it did not make a sparse entry", len(raw))
+	}
+	target := filepath.Join(t.TempDir(), "restored")
+	err = restoreRefusal(t, target, raw)
+	if !strings.Contains(err.Error(), "sparse") {
+		t.Fatalf("restore of a sparse entry: %v", err)
+	}
+	if _, err := os.Stat(target); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("a refused restore made %s: %v", target, err)
 	}
 }

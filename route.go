@@ -25,9 +25,10 @@ type call struct {
 	session       *engine.Session
 	sessionSecret string
 
-	// engineCtx is the context of the engine calls a handler makes: the request's, without its
-	// cancellation, which fasthttp fires at shutdown, when a draining server must still finish
-	// the requests it accepted.
+	// engineCtx is the context of the engine calls a handler makes. It is not the request's:
+	// fasthttp cancels that at shutdown, when a draining server must still finish the requests it
+	// accepted, and its values read the pooled request, which goroutines an attachment fetch
+	// leaves behind (net/http's dialers) could read after the request is reused.
 	engineCtx context.Context
 }
 
@@ -82,7 +83,7 @@ func (s *server) serveRoute(ctx *fasthttp.RequestCtx, need engine.KeyKind, okSta
 		s.writeError(ctx, err)
 		return
 	}
-	c := &call{ctx: ctx, who: who, session: session, sessionSecret: secret, engineCtx: context.WithoutCancel(ctx)}
+	c := &call{ctx: ctx, who: who, session: session, sessionSecret: secret, engineCtx: context.Background()}
 	if !ctx.IsPost() && !ctx.IsPatch() {
 		s.finish(c, okStatus, h)
 		return
