@@ -74,6 +74,11 @@ func (db *DB) PostMessage(ctx context.Context, in NewMessage, idem *Idempotency)
 	if err != nil {
 		return Message{}, nil, err
 	}
+	if !ValidID(PrefixConversation, in.ConversationID) {
+		// Checked before the draft below, which would refuse an id it cannot encode as a failure
+		// of its own: no such conversation can exist.
+		return Message{}, nil, notFound("conversation")
+	}
 	attachments := in.Attachments
 	if attachments == nil {
 		attachments = []Attachment{}

@@ -302,6 +302,21 @@ func TestPostMessageInvalidBodyWritesNothing(t *testing.T) {
 	}
 }
 
+// A conversation id that no conversation can have, bytes that are not UTF-8 included, is a
+// conversation that does not exist, whatever the post's draft could or could not encode.
+func TestPostMessageToAnImpossibleIDIsNotFound(t *testing.T) {
+	db := openTestDB(t)
+	org := newTestOrg(t, db)
+	before := latestOffset(t, db, org.OrgID)
+	for _, id := range []string{"\x8f", "conv_\xff\xfe", "", "msg_1"} {
+		_, _, err := db.PostMessage(context.Background(), NewMessage{OrgID: org.OrgID, ConversationID: id, Author: AuthorAgent, Text: "hi"}, nil)
+		wantCode(t, err, CodeNotFound)
+	}
+	if n := len(eventsAfter(t, db, org.OrgID, before)); n != 0 {
+		t.Errorf("posts to no conversation appended %d events", n)
+	}
+}
+
 // ListMessages pages oldest first with after/limit; more is true only when a message follows
 // the page, including when the rest fits the limit exactly.
 func TestListMessagesPaging(t *testing.T) {
