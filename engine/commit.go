@@ -20,6 +20,11 @@ type Tx struct {
 	bolt   *bolt.Tx
 	now    Time
 	events []Event
+	// stamp is now with its JSON, formatted once for the whole batch.
+	stamp *stamp
+	// eventID, when set, is the id of the next event the unit appends, drafted before the unit
+	// ran so that the loop does not make it; appending the event clears it.
+	eventID string
 }
 
 // Now is the unit's one timestamp: every message, event and activity time a unit writes shares
@@ -213,9 +218,10 @@ func (c *committer) run(batch []*pending) {
 		failed := -1
 		var unitErr error
 		now := c.db.now()
+		at := newStamp(now)
 		err := c.db.commit(func(btx *bolt.Tx) error {
 			for i, p := range batch {
-				tx := &Tx{db: c.db, bolt: btx, now: now}
+				tx := &Tx{db: c.db, bolt: btx, now: now, stamp: at}
 				if err := callUnit(p.unit, tx); err != nil {
 					failed, unitErr = i, err
 					return errUnitFailed

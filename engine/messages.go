@@ -95,6 +95,7 @@ func (db *DB) PostMessage(ctx context.Context, in NewMessage, idem *Idempotency)
 	if err != nil {
 		return Message{}, nil, err
 	}
+	draft.eventID = newID(PrefixEvent)
 	// Whether a post takes over is known only in the unit, and a conversation is taken over once:
 	// the takeover's marker, short and rare, is drafted there, when it is due.
 	var marker messageDraft
@@ -135,7 +136,7 @@ func (db *DB) PostMessage(ctx context.Context, in NewMessage, idem *Idempotency)
 		rec.LastActivityAt = now
 		rec.Status = plan.NewState
 		// Every event of this unit carries the conversation as it is after the unit: encode once.
-		convJSON, err := conversationJSON(&rec.Conversation)
+		convJSON, err := conversationJSONAt(&rec.Conversation, tx.stamp)
 		if err != nil {
 			return err
 		}
@@ -192,12 +193,19 @@ func (db *DB) PostMessage(ctx context.Context, in NewMessage, idem *Idempotency)
 // stores it once all of the unit's messages are appended.
 func (tx *Tx) appendMessage(rec *conversationRecord, convJSON []byte, draft *messageDraft, now Time) (Message, []byte, error) {
 	rec.LastSeq++
-	msg, msgJSON := draft.finish(rec.LastSeq, now)
+	var msg Message
+	var msgJSON []byte
+	if tx.stamp != nil && now.Equal(tx.stamp.at.Time) {
+		msg, msgJSON = draft.finishAt(rec.LastSeq, tx.stamp)
+	} else {
+		msg, msgJSON = draft.finish(rec.LastSeq, now)
+	}
 	msgs := tx.bolt.Bucket(bucketMsgs)
 	msgs.FillPercent = appendFill
 	if err := msgs.Put(join([]byte(rec.ID), u64(msg.Seq)), msgJSON); err != nil {
 		return Message{}, nil, err
 	}
+	tx.eventID = draft.eventID
 	return msg, msgJSON, tx.appendMessageEvent(rec.OrgID, rec.ID, msg.Seq, msgJSON, convJSON)
 }
 
