@@ -67,6 +67,8 @@ type committer struct {
 
 	// convs is the loop goroutine's own: units read and write it without a lock.
 	convs *convCache
+	// events is the loop's buffer of a batch's events, handed to the feed after the commit.
+	events []Event
 
 	batches, units, failed atomic.Uint64
 
@@ -134,10 +136,13 @@ func (db *DB) update(ctx context.Context, orgID string, unit Unit) error {
 		return ctx.Err()
 	}
 	defer func() { <-q.slots }()
-	p := &pending{unit: unit, done: make(chan error, 1)}
+	p := pendings.Get().(*pending)
+	p.unit = unit
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
+		p.unit = nil
+		pendings.Put(p)
 		return errShuttingDown
 	}
 	if len(q.units) == 0 {
@@ -149,8 +154,16 @@ func (db *DB) update(ctx context.Context, orgID string, unit Unit) error {
 	c.mu.Unlock()
 	// Once queued, the unit may commit whatever the caller does, so the answer is always awaited:
 	// returning early on ctx would report a failure for data that is on disk.
-	return <-p.done
+	err := <-p.done
+	// The loop sends on done last and never touches p after it, so p can serve another unit.
+	p.unit, p.events = nil, nil
+	pendings.Put(p)
+	return err
 }
+
+// pendings recycles the queue entries and their answer channels: every write makes one, and a
+// channel is emptied by the one receive its unit's answer takes.
+var pendings = sync.Pool{New: func() any { return &pending{done: make(chan error, 1)} }}
 
 func (c *committer) close() {
 	c.mu.Lock()
@@ -257,11 +270,14 @@ func (c *committer) run(batch []*pending) {
 		c.writeErr.Store(nil)
 		c.batches.Add(1)
 		c.units.Add(uint64(len(batch)))
-		var events []Event
+		events := c.events[:0]
 		for _, p := range batch {
 			events = append(events, p.events...)
 		}
 		c.db.feed.publish(events)
+		// The feed keeps copies: the slice serves the next batch, without this one's data.
+		clear(events)
+		c.events = events[:0]
 		for _, p := range batch {
 			p.done <- nil
 		}

@@ -91,16 +91,19 @@ func (db *DB) PostMessage(ctx context.Context, in NewMessage, idem *Idempotency)
 	default:
 		msg.Role, msg.Metadata = RoleUser, MessageMetadata{Source: "widget"}
 	}
-	draft, err := draftMessage(msg)
-	if err != nil {
+	// What the unit shares with its caller is one value: each variable a closure captures by
+	// reference is an allocation of its own.
+	var u struct {
+		// Whether a post takes over is known only in the unit, and a conversation is taken over
+		// once: the takeover's marker, short and rare, is drafted there, when it is due.
+		draft, marker messageDraft
+		out           Message
+		msgJSON       []byte
+	}
+	if u.draft, err = draftMessage(msg); err != nil {
 		return Message{}, nil, err
 	}
-	draft.eventID = newID(PrefixEvent)
-	// Whether a post takes over is known only in the unit, and a conversation is taken over once:
-	// the takeover's marker, short and rare, is drafted there, when it is due.
-	var marker messageDraft
-	var out Message
-	var msgJSON []byte
+	u.draft.eventID = newID(PrefixEvent)
 	err = db.update(ctx, in.OrgID, func(tx *Tx) error {
 		rec, err := tx.conversation(in.OrgID, in.ConversationID)
 		if err != nil {
@@ -151,8 +154,8 @@ func (db *DB) PostMessage(ctx context.Context, in NewMessage, idem *Idempotency)
 			}
 		}
 		if plan.Takeover {
-			if marker.json == nil { // a batch that runs again keeps the marker's id
-				marker, err = draftMessage(Message{
+			if u.marker.json == nil { // a batch that runs again keeps the marker's id
+				u.marker, err = draftMessage(Message{
 					ID: newID(PrefixMessage), ConversationID: rec.ID, Role: RoleSystem, Text: AgentJoinedText,
 					Attachments: []Attachment{}, Metadata: MessageMetadata{Source: "system", Event: "agent_joined"},
 				})
@@ -160,11 +163,11 @@ func (db *DB) PostMessage(ctx context.Context, in NewMessage, idem *Idempotency)
 					return err
 				}
 			}
-			if _, _, err := tx.appendMessage(rec, convJSON, &marker, now); err != nil {
+			if _, _, err := tx.appendMessage(rec, convJSON, &u.marker, now); err != nil {
 				return err
 			}
 		}
-		if out, msgJSON, err = tx.appendMessage(rec, convJSON, &draft, now); err != nil {
+		if u.out, u.msgJSON, err = tx.appendMessage(rec, convJSON, &u.draft, now); err != nil {
 			return err
 		}
 		if err := tx.putConversationJSON(rec, &old, convJSON); err != nil {
@@ -178,12 +181,12 @@ func (db *DB) PostMessage(ctx context.Context, in NewMessage, idem *Idempotency)
 		}
 		// The reply is the stored message, which never changes: the record points at it rather
 		// than keeping a second copy of its text, and a replay reads the very same bytes.
-		return tx.putIdempotencyMessage(in.OrgID, idem, idem.Status, rec.ID, out.Seq)
+		return tx.putIdempotencyMessage(in.OrgID, idem, idem.Status, rec.ID, u.out.Seq)
 	})
 	if err != nil {
 		return Message{}, nil, err
 	}
-	return out, msgJSON, nil
+	return u.out, u.msgJSON, nil
 }
 
 // appendMessage gives the drafted message the conversation's next seq and stores it with its
