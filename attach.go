@@ -32,6 +32,12 @@ func (a *fetchAttacher) Attach(ctx context.Context, orgID string, urls []string)
 	if len(urls) == 0 {
 		return nil, nil
 	}
+	return a.fetchAll(ctx, orgID, urls)
+}
+
+// fetchAll is Attach's work, apart so that what its goroutines share is only allocated for a
+// message that has attachments: captured by them, it lives on the heap.
+func (a *fetchAttacher) fetchAll(ctx context.Context, orgID string, urls []string) ([]engine.Attachment, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	out := make([]engine.Attachment, len(urls))

@@ -5,6 +5,7 @@ import (
 	"math"
 	"net"
 	"runtime"
+	"runtime/debug"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -22,6 +23,7 @@ import (
 // difference between the two benchmarks is the cost of the idempotency path. prepare runs
 // before the clock starts (to register webhooks, say).
 func benchmarkPost(b *testing.B, withKey bool, prepare ...func(*testServer, testOrg)) {
+	withServerGC(b)
 	ts := newTestServer(b, allowPrivate) // for receivers on 127.0.0.1; the posts fetch nothing
 	org := ts.newOrg(b, 0, 0)
 	for _, p := range prepare {
@@ -71,6 +73,20 @@ func benchmarkPost(b *testing.B, withKey bool, prepare ...func(*testServer, test
 	}
 }
 
+// withServerGC gives the benchmark's process the collector settings the server's binary starts
+// with (main.go), so that the figures are those of the server as it runs, and restores the
+// test binary's own afterwards.
+func withServerGC(b *testing.B) {
+	percent := debug.SetGCPercent(100)
+	debug.SetGCPercent(percent)
+	limit := debug.SetMemoryLimit(-1)
+	setGCDefaults()
+	b.Cleanup(func() {
+		debug.SetGCPercent(percent)
+		debug.SetMemoryLimit(limit)
+	})
+}
+
 // processCPU is the user and system CPU time the process has used so far.
 func processCPU(tb testing.TB) time.Duration {
 	var ru syscall.Rusage
@@ -89,6 +105,7 @@ func BenchmarkPostMessageHTTP(b *testing.B) { benchmarkPost(b, false) }
 // so a neighbour's load on a shared machine weighs on all three alike; it reports the server's
 // posts as a share of each reference's. Run it with -benchtime Nx: N rounds.
 func BenchmarkPostVsCeiling(b *testing.B) {
+	withServerGC(b)
 	ts := newTestServer(b)
 	org := ts.newOrg(b, 0, 0)
 	convs := make([]string, 32)

@@ -5,6 +5,7 @@ import (
 	"crypto/subtle"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/awardee/awardee/engine"
@@ -22,11 +23,26 @@ type metrics struct {
 	registry *prometheus.Registry
 	requests *prometheus.HistogramVec
 	messages *prometheus.CounterVec
+
+	// observers caches the request histogram's child of each label set seen: finding it in the
+	// vector hashes and compares three labels on every request, and the status formats a number.
+	observersMu sync.RWMutex
+	observers   map[observerKey]prometheus.Observer
+
+	// bySource caches the message counter of each source (a fixed few), under observersMu.
+	bySource map[string]prometheus.Counter
+}
+
+type observerKey struct {
+	route, method string
+	status        int
 }
 
 func newMetrics(db *engine.DB) *metrics {
 	m := &metrics{
-		registry: prometheus.NewRegistry(),
+		registry:  prometheus.NewRegistry(),
+		observers: make(map[observerKey]prometheus.Observer),
+		bySource:  make(map[string]prometheus.Counter),
 		requests: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "awardee_http_request_duration_seconds",
 			Help:    "HTTP request latency by route, method and status; its _count is the request count.",
@@ -55,11 +71,37 @@ func newMetrics(db *engine.DB) *metrics {
 }
 
 func (m *metrics) observe(route string, ctx *fasthttp.RequestCtx, start time.Time) {
-	m.requests.WithLabelValues(route, methodLabel(ctx.Method()), strconv.Itoa(ctx.Response.StatusCode())).
-		Observe(time.Since(start).Seconds())
+	m.observer(observerKey{route, methodLabel(ctx.Method()), ctx.Response.StatusCode()}).Observe(time.Since(start).Seconds())
 }
 
-func (m *metrics) messagePosted(source string) { m.messages.WithLabelValues(source).Inc() }
+// observer returns the histogram child of k. The label sets are bounded (routes and methods are
+// fixed lists, statuses the few the server answers), so the cache is too.
+func (m *metrics) observer(k observerKey) prometheus.Observer {
+	m.observersMu.RLock()
+	o, ok := m.observers[k]
+	m.observersMu.RUnlock()
+	if ok {
+		return o
+	}
+	o = m.requests.WithLabelValues(k.route, k.method, strconv.Itoa(k.status))
+	m.observersMu.Lock()
+	m.observers[k] = o
+	m.observersMu.Unlock()
+	return o
+}
+
+func (m *metrics) messagePosted(source string) {
+	m.observersMu.RLock()
+	c, ok := m.bySource[source]
+	m.observersMu.RUnlock()
+	if !ok {
+		c = m.messages.WithLabelValues(source)
+		m.observersMu.Lock()
+		m.bySource[source] = c
+		m.observersMu.Unlock()
+	}
+	c.Inc()
+}
 
 // watchRealtime reports the WebSocket hub (realtime.go).
 func (m *metrics) watchRealtime(h *rt.Hub) { m.registry.MustRegister(newRealtimeCollector(h)) }
@@ -125,9 +167,26 @@ func (c conversationsCollector) Collect(ch chan<- prometheus.Metric) {
 // methodLabel bounds the method label to the standard methods: any client can send any token as
 // a method, and each distinct label value would be a new series kept forever.
 func methodLabel(m []byte) string {
+	// The constants, not string(m): a label of every request must not allocate.
 	switch string(m) {
-	case "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE":
-		return string(m)
+	case "GET":
+		return "GET"
+	case "HEAD":
+		return "HEAD"
+	case "POST":
+		return "POST"
+	case "PUT":
+		return "PUT"
+	case "PATCH":
+		return "PATCH"
+	case "DELETE":
+		return "DELETE"
+	case "OPTIONS":
+		return "OPTIONS"
+	case "CONNECT":
+		return "CONNECT"
+	case "TRACE":
+		return "TRACE"
 	}
 	return "other"
 }

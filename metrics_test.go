@@ -54,3 +54,33 @@ func TestMetricsShowFeedLag(t *testing.T) {
 		}
 	}
 }
+
+// TestMetricsSeriesPerStatusAndMethod: a route's requests are counted under their own method and
+// status, however many of each came before, and the messages counter under each post's source.
+func TestMetricsSeriesPerStatusAndMethod(t *testing.T) {
+	ts := newTestServer(t)
+	org := ts.newOrg(t, 0, 0)
+	id := ts.conversationIn(t, org.APIKey, engine.StatusOpen)
+	path := "/conversations/" + id + "/messages"
+	for range 3 {
+		mustStatus(t, ts.do(t, "POST", path, org.APIKey, `{"text":"hi"}`), 201)
+	}
+	for range 2 {
+		mustStatus(t, ts.do(t, "POST", path, org.APIKey, `{"text":""}`), 400)
+	}
+	mustStatus(t, ts.do(t, "GET", path, org.APIKey, nil), 200)
+	bot := ts.conversationIn(t, org.APIKey, engine.StatusBotActive)
+	mustStatus(t, ts.do(t, "POST", "/conversations/"+bot+"/bot-messages", org.APIKey, `{"text":"hi"}`), 201)
+	page := string(mustStatus(t, ts.do(t, "GET", "/metrics", "", nil), 200).Body)
+	for _, want := range []string{
+		`awardee_http_request_duration_seconds_count{method="POST",route="/conversations/{id}/messages",status="201"} 3`,
+		`awardee_http_request_duration_seconds_count{method="POST",route="/conversations/{id}/messages",status="400"} 2`,
+		`awardee_http_request_duration_seconds_count{method="GET",route="/conversations/{id}/messages",status="200"} 1`,
+		`awardee_messages_posted_total{source="api"} 3`,
+		`awardee_messages_posted_total{source="bot"} 1`,
+	} {
+		if !strings.Contains(page, want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+}

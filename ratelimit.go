@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"math"
 	"strconv"
 	"sync"
@@ -30,69 +29,94 @@ type limiter struct {
 
 	mu      sync.Mutex
 	now     func() time.Time // the clock; guarded by mu so a test can set it on a running server
-	buckets map[string]*bucket
+	buckets map[bucketKey]*bucket
+}
+
+// bucketKey names a bucket by its policy and the org or conversation it meters; a struct rather
+// than a joined string, so that finding a request's bucket builds nothing.
+type bucketKey struct {
+	policy string
+	id     string
 }
 
 type bucket struct {
 	name  string // the policy name shown in the RateLimit headers
 	lim   *rate.Limiter
 	burst int
+	// policyHeader is the RateLimit-Policy value, fixed for the bucket's life: built once, not
+	// for every request it answers.
+	policyHeader []byte
 }
 
 func newLimiter(db *engine.DB) *limiter {
-	return &limiter{db: db, now: time.Now, buckets: make(map[string]*bucket)}
+	return &limiter{db: db, now: time.Now, buckets: make(map[bucketKey]*bucket)}
 }
 
-// bucketsFor returns the buckets a request of who spends, in the order they are spent, and the
-// time to spend them at.
-func (l *limiter) bucketsFor(who engine.Principal) ([]*bucket, time.Time, error) {
+// spent is the buckets one request spends, at most two, held by value so that finding them
+// allocates nothing.
+type spent struct {
+	all [2]*bucket
+	n   int
+}
+
+func (s *spent) list() []*bucket { return s.all[:s.n] }
+
+// bucketsFor fills out with the buckets a request of who spends, in the order they are spent,
+// and returns the time to spend them at.
+func (l *limiter) bucketsFor(who engine.Principal, out *spent) (time.Time, error) {
 	l.mu.Lock()
 	now := l.now()
 	l.mu.Unlock()
-	orgWindow := func(name string) func() (*bucket, error) {
-		return func() (*bucket, error) {
-			org, err := l.db.Org(who.OrgID)
-			if err != nil {
-				return nil, err
-			}
-			return newBucket(name, org.Rate, org.Burst), nil
-		}
-	}
 	if who.Kind != engine.KeyVisitor && who.Kind != engine.KeyWidget {
-		team, err := l.get("org/"+who.OrgID, orgWindow("org"))
-		return []*bucket{team}, now, err
+		team, err := l.orgBucket("org", who.OrgID)
+		out.all[0], out.n = team, 1
+		return now, err
 	}
-	widget, err := l.get("widget/"+who.OrgID, orgWindow("widget"))
+	widget, err := l.orgBucket("widget", who.OrgID)
 	if err != nil || who.Kind == engine.KeyWidget {
-		return []*bucket{widget}, now, err
+		out.all[0], out.n = widget, 1
+		return now, err
 	}
-	visitor, _ := l.get("visitor/"+who.ConversationID, func() (*bucket, error) {
-		return newBucket("visitor", visitorRate, visitorBurst), nil
-	})
+	key := bucketKey{"visitor", who.ConversationID}
+	visitor := l.lookup(key)
+	if visitor == nil {
+		visitor = l.store(key, newBucket("visitor", visitorRate, visitorBurst))
+	}
 	// The conversation's own bucket first: a visitor over its own window is refused without
 	// touching the org's.
-	return []*bucket{visitor, widget}, now, nil
+	out.all, out.n = [2]*bucket{visitor, widget}, 2
+	return now, nil
 }
 
-// get returns the bucket stored under key, making and storing it when there is none.
-func (l *limiter) get(key string, create func() (*bucket, error)) (*bucket, error) {
-	l.mu.Lock()
-	b, ok := l.buckets[key]
-	l.mu.Unlock()
-	if ok {
+// orgBucket returns the org's bucket of policy name, made from the org's window when there is none.
+func (l *limiter) orgBucket(name, orgID string) (*bucket, error) {
+	key := bucketKey{name, orgID}
+	if b := l.lookup(key); b != nil {
 		return b, nil
 	}
-	b, err := create()
+	org, err := l.db.Org(orgID)
 	if err != nil {
 		return nil, err
 	}
+	return l.store(key, newBucket(name, org.Rate, org.Burst)), nil
+}
+
+func (l *limiter) lookup(key bucketKey) *bucket {
+	l.mu.Lock()
+	b := l.buckets[key]
+	l.mu.Unlock()
+	return b
+}
+
+// store keeps b under key unless a concurrent request stored one first, and returns the one kept.
+func (l *limiter) store(key bucketKey, b *bucket) *bucket {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if existing, ok := l.buckets[key]; ok { // a concurrent request made it first
-		return existing, nil
+	if existing, ok := l.buckets[key]; ok {
+		return existing
 	}
 	l.buckets[key] = b
-	return b, nil
+	return b
 }
 
 // newBucket clamps the window to the contract's bounds, so that a window stored before they
@@ -103,7 +127,13 @@ func newBucket(name string, perSecond float64, burst int) *bucket {
 	}
 	perSecond = min(perSecond, engine.MaxRate)
 	burst = max(1, min(burst, engine.MaxBurst))
-	return &bucket{name: name, lim: rate.NewLimiter(rate.Limit(perSecond), burst), burst: burst}
+	b := &bucket{name: name, lim: rate.NewLimiter(rate.Limit(perSecond), burst), burst: burst}
+	policy := strconv.AppendQuote(nil, name)
+	policy = append(policy, ";q="...)
+	policy = strconv.AppendInt(policy, int64(burst), 10)
+	policy = append(policy, ";w="...)
+	b.policyHeader = strconv.AppendInt(policy, int64(wholeSeconds(float64(burst)/perSecond)), 10)
+	return b
 }
 
 // allow takes one token from every bucket the request spends, or refuses it with 429; either way
@@ -114,12 +144,15 @@ func newBucket(name string, perSecond float64, burst int) *bucket {
 // Cancelling is exact only when no other request reserved in between (x/time/rate keeps what
 // was reserved after it), which is why the shared bucket is never the one cancelled.
 func (l *limiter) allow(ctx *fasthttp.RequestCtx, who engine.Principal) error {
-	buckets, now, err := l.bucketsFor(who)
+	var spends spent
+	now, err := l.bucketsFor(who, &spends)
 	if err != nil {
 		return err
 	}
+	buckets := spends.list()
 	last := len(buckets) - 1
-	reserved := make([]*rate.Reservation, 0, last)
+	var reservedAt [1]*rate.Reservation // every bucket but the last, of which there is at most one
+	reserved := reservedAt[:0]
 	var refusedBy *bucket
 	for _, b := range buckets[:last] {
 		if b.lim.TokensAt(now) < 1 {
@@ -182,8 +215,15 @@ func (b *bucket) setHeaders(ctx *fasthttp.RequestCtx, now time.Time) {
 	if missing := float64(b.burst) - tokens; missing > 0 {
 		reset = wholeSeconds(missing / perSecond)
 	}
-	ctx.Response.Header.Set("RateLimit-Policy", fmt.Sprintf("%q;q=%d;w=%d", b.name, b.burst, wholeSeconds(float64(b.burst)/perSecond)))
-	ctx.Response.Header.Set("RateLimit", fmt.Sprintf("%q;r=%d;t=%d", b.name, remaining, reset))
+	ctx.Response.Header.SetBytesV("RateLimit-Policy", b.policyHeader)
+	// Built on the stack: every answer carries it, and the header copies it.
+	var buf [64]byte
+	v := strconv.AppendQuote(buf[:0], b.name)
+	v = append(v, ";r="...)
+	v = strconv.AppendInt(v, int64(remaining), 10)
+	v = append(v, ";t="...)
+	v = strconv.AppendInt(v, int64(reset), 10)
+	ctx.Response.Header.SetBytesV("RateLimit", v)
 }
 
 // wholeSeconds rounds a positive number of seconds up to at least 1. The bounds of an org's

@@ -20,6 +20,11 @@ type Tx struct {
 	bolt   *bolt.Tx
 	now    Time
 	events []Event
+	// stamp is now with its JSON, formatted once for the whole batch.
+	stamp *stamp
+	// eventID, when set, is the id of the next event the unit appends, drafted before the unit
+	// ran so that the loop does not make it; appending the event clears it.
+	eventID string
 }
 
 // Now is the unit's one timestamp: every message, event and activity time a unit writes shares
@@ -62,6 +67,8 @@ type committer struct {
 
 	// convs is the loop goroutine's own: units read and write it without a lock.
 	convs *convCache
+	// events is the loop's buffer of a batch's events, handed to the feed after the commit.
+	events []Event
 
 	batches, units, failed atomic.Uint64
 
@@ -129,10 +136,13 @@ func (db *DB) update(ctx context.Context, orgID string, unit Unit) error {
 		return ctx.Err()
 	}
 	defer func() { <-q.slots }()
-	p := &pending{unit: unit, done: make(chan error, 1)}
+	p := pendings.Get().(*pending)
+	p.unit = unit
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
+		p.unit = nil
+		pendings.Put(p)
 		return errShuttingDown
 	}
 	if len(q.units) == 0 {
@@ -144,8 +154,16 @@ func (db *DB) update(ctx context.Context, orgID string, unit Unit) error {
 	c.mu.Unlock()
 	// Once queued, the unit may commit whatever the caller does, so the answer is always awaited:
 	// returning early on ctx would report a failure for data that is on disk.
-	return <-p.done
+	err := <-p.done
+	// The loop sends on done last and never touches p after it, so p can serve another unit.
+	p.unit, p.events = nil, nil
+	pendings.Put(p)
+	return err
 }
+
+// pendings recycles the queue entries and their answer channels: every write makes one, and a
+// channel is emptied by the one receive its unit's answer takes.
+var pendings = sync.Pool{New: func() any { return &pending{done: make(chan error, 1)} }}
 
 func (c *committer) close() {
 	c.mu.Lock()
@@ -213,9 +231,10 @@ func (c *committer) run(batch []*pending) {
 		failed := -1
 		var unitErr error
 		now := c.db.now()
+		at := newStamp(now)
 		err := c.db.commit(func(btx *bolt.Tx) error {
 			for i, p := range batch {
-				tx := &Tx{db: c.db, bolt: btx, now: now}
+				tx := &Tx{db: c.db, bolt: btx, now: now, stamp: at}
 				if err := callUnit(p.unit, tx); err != nil {
 					failed, unitErr = i, err
 					return errUnitFailed
@@ -251,11 +270,14 @@ func (c *committer) run(batch []*pending) {
 		c.writeErr.Store(nil)
 		c.batches.Add(1)
 		c.units.Add(uint64(len(batch)))
-		var events []Event
+		events := c.events[:0]
 		for _, p := range batch {
 			events = append(events, p.events...)
 		}
 		c.db.feed.publish(events)
+		// The feed keeps copies: the slice serves the next batch, without this one's data.
+		clear(events)
+		c.events = events[:0]
 		for _, p := range batch {
 			p.done <- nil
 		}

@@ -335,8 +335,14 @@ func lastKey(page []Conversation, prefix []byte) []byte {
 // activityKey sorts newest first: the time is inverted, and so is the id, which breaks ties within
 // a millisecond by creation order (ULIDs grow), newest first as well.
 func activityKey(prefix []byte, at Time, convID string) []byte {
-	inverted := math.MaxUint64 - uint64(at.UnixMilli())
-	return join(prefix, u64(inverted), invert([]byte(convID)))
+	// One allocation: each post deletes and puts two of these on the commit loop.
+	k := make([]byte, 0, len(prefix)+8+len(convID))
+	k = append(k, prefix...)
+	k = binary.BigEndian.AppendUint64(k, math.MaxUint64-uint64(at.UnixMilli()))
+	for i := 0; i < len(convID); i++ {
+		k = append(k, ^convID[i])
+	}
+	return k
 }
 
 func invert(b []byte) []byte {

@@ -42,6 +42,28 @@ func appendStringOrNull(b []byte, s *string) ([]byte, error) {
 
 // appendConversation appends c's encoding, the same as marshal(c).
 func appendConversation(b []byte, c *Conversation) ([]byte, error) {
+	return appendConversationAt(b, c, nil)
+}
+
+// stamp is a time with its JSON, formatted once: a batch's units all write the batch's one
+// time, several times each.
+type stamp struct {
+	at   Time
+	json []byte
+}
+
+func newStamp(at Time) *stamp { return &stamp{at: at, json: appendTime(nil, at)} }
+
+// appendTimeAt is appendTime, from now's JSON when t is now's time (nil now: always formatted).
+func appendTimeAt(b []byte, t Time, now *stamp) []byte {
+	if now != nil && t.Equal(now.at.Time) {
+		return append(b, now.json...)
+	}
+	return appendTime(b, t)
+}
+
+// appendConversationAt is appendConversation with the times equal to now's copied from its JSON.
+func appendConversationAt(b []byte, c *Conversation, now *stamp) ([]byte, error) {
 	var err error
 	b = append(b, `{"id":`...)
 	if b, err = appendString(b, c.ID); err != nil {
@@ -75,9 +97,9 @@ func appendConversation(b []byte, c *Conversation) ([]byte, error) {
 		b = strconv.AppendBool(b, *v)
 	}
 	b = append(b, `},"created_at":`...)
-	b = appendTime(b, c.CreatedAt)
+	b = appendTimeAt(b, c.CreatedAt, now)
 	b = append(b, `,"last_activity_at":`...)
-	b = appendTime(b, c.LastActivityAt)
+	b = appendTimeAt(b, c.LastActivityAt, now)
 	return append(b, '}'), nil
 }
 
@@ -86,12 +108,19 @@ func conversationJSON(c *Conversation) ([]byte, error) {
 	return appendConversation(make([]byte, 0, 256), c)
 }
 
+// conversationJSONAt is conversationJSON inside a unit, whose batch's time is now.
+func conversationJSONAt(c *Conversation, now *stamp) ([]byte, error) {
+	return appendConversationAt(make([]byte, 0, 256), c, now)
+}
+
 // messageDraft is a message encoded before its unit runs, split where the fields that only the
 // unit knows go: seq at split, created_at at the end.
 type messageDraft struct {
 	msg   Message
 	json  []byte // {"id":…,"conversation_id":…,"seq": then ,"role":…,"metadata":{…},"created_at":
 	split int    // where seq goes
+	// eventID is the id of the message's message.created event, when drafted with it.
+	eventID string
 }
 
 // draftMessage encodes msg's fields other than seq and created_at. msg.ConversationID must be
@@ -151,12 +180,17 @@ func draftMessage(msg Message) (messageDraft, error) {
 // finish completes the draft with the fields the unit gives it, returning the message and its
 // encoding (the same as marshal of the message).
 func (d *messageDraft) finish(seq uint64, at Time) (Message, []byte) {
+	return d.finishAt(seq, newStamp(at))
+}
+
+// finishAt is finish at a time whose JSON is formatted already.
+func (d *messageDraft) finishAt(seq uint64, at *stamp) (Message, []byte) {
 	msg := d.msg
-	msg.Seq, msg.CreatedAt = seq, at
-	out := make([]byte, 0, len(d.json)+len(timeLayout)+24)
+	msg.Seq, msg.CreatedAt = seq, at.at
+	out := make([]byte, 0, len(d.json)+len(at.json)+24)
 	out = append(out, d.json[:d.split]...)
 	out = strconv.AppendUint(out, seq, 10)
 	out = append(out, d.json[d.split:]...)
-	out = appendTime(out, at)
+	out = append(out, at.json...)
 	return msg, append(out, '}')
 }

@@ -62,7 +62,11 @@ func (tx *Tx) appendStoredEvent(orgID, convID, typ string, data []byte, ref *mes
 	if err != nil {
 		return err
 	}
-	ev := Event{ID: newID(PrefixEvent), Offset: offset, Type: typ, CreatedAt: tx.now, Data: data, OrgID: orgID, ConversationID: convID}
+	id := tx.eventID
+	if tx.eventID = ""; id == "" {
+		id = newID(PrefixEvent)
+	}
+	ev := Event{ID: id, Offset: offset, Type: typ, CreatedAt: tx.now, Data: data, OrgID: orgID, ConversationID: convID}
 	if err := log.Put(u64(offset), encodeStoredEvent(ev, ref)); err != nil {
 		return err
 	}

@@ -96,15 +96,19 @@ func (db *DB) PostMessage(ctx context.Context, in NewMessage, idem *Idempotency)
 	default:
 		msg.Role, msg.Metadata = RoleUser, MessageMetadata{Source: "widget"}
 	}
-	draft, err := draftMessage(msg)
-	if err != nil {
+	// What the unit shares with its caller is one value: each variable a closure captures by
+	// reference is an allocation of its own.
+	var u struct {
+		// Whether a post takes over is known only in the unit, and a conversation is taken over
+		// once: the takeover's marker, short and rare, is drafted there, when it is due.
+		draft, marker messageDraft
+		out           Message
+		msgJSON       []byte
+	}
+	if u.draft, err = draftMessage(msg); err != nil {
 		return Message{}, nil, err
 	}
-	// Whether a post takes over is known only in the unit, and a conversation is taken over once:
-	// the takeover's marker, short and rare, is drafted there, when it is due.
-	var marker messageDraft
-	var out Message
-	var msgJSON []byte
+	u.draft.eventID = newID(PrefixEvent)
 	err = db.update(ctx, in.OrgID, func(tx *Tx) error {
 		rec, err := tx.conversation(in.OrgID, in.ConversationID)
 		if err != nil {
@@ -140,7 +144,7 @@ func (db *DB) PostMessage(ctx context.Context, in NewMessage, idem *Idempotency)
 		rec.LastActivityAt = now
 		rec.Status = plan.NewState
 		// Every event of this unit carries the conversation as it is after the unit: encode once.
-		convJSON, err := conversationJSON(&rec.Conversation)
+		convJSON, err := conversationJSONAt(&rec.Conversation, tx.stamp)
 		if err != nil {
 			return err
 		}
@@ -155,8 +159,8 @@ func (db *DB) PostMessage(ctx context.Context, in NewMessage, idem *Idempotency)
 			}
 		}
 		if plan.Takeover {
-			if marker.json == nil { // a batch that runs again keeps the marker's id
-				marker, err = draftMessage(Message{
+			if u.marker.json == nil { // a batch that runs again keeps the marker's id
+				u.marker, err = draftMessage(Message{
 					ID: newID(PrefixMessage), ConversationID: rec.ID, Role: RoleSystem, Text: AgentJoinedText,
 					Attachments: []Attachment{}, Metadata: MessageMetadata{Source: "system", Event: "agent_joined"},
 				})
@@ -164,11 +168,11 @@ func (db *DB) PostMessage(ctx context.Context, in NewMessage, idem *Idempotency)
 					return err
 				}
 			}
-			if _, _, err := tx.appendMessage(rec, convJSON, &marker, now); err != nil {
+			if _, _, err := tx.appendMessage(rec, convJSON, &u.marker, now); err != nil {
 				return err
 			}
 		}
-		if out, msgJSON, err = tx.appendMessage(rec, convJSON, &draft, now); err != nil {
+		if u.out, u.msgJSON, err = tx.appendMessage(rec, convJSON, &u.draft, now); err != nil {
 			return err
 		}
 		if err := tx.putConversationJSON(rec, &old, convJSON); err != nil {
@@ -182,12 +186,12 @@ func (db *DB) PostMessage(ctx context.Context, in NewMessage, idem *Idempotency)
 		}
 		// The reply is the stored message, which never changes: the record points at it rather
 		// than keeping a second copy of its text, and a replay reads the very same bytes.
-		return tx.putIdempotencyMessage(in.OrgID, idem, idem.Status, rec.ID, out.Seq)
+		return tx.putIdempotencyMessage(in.OrgID, idem, idem.Status, rec.ID, u.out.Seq)
 	})
 	if err != nil {
 		return Message{}, nil, err
 	}
-	return out, msgJSON, nil
+	return u.out, u.msgJSON, nil
 }
 
 // appendMessage gives the drafted message the conversation's next seq and stores it with its
@@ -197,12 +201,19 @@ func (db *DB) PostMessage(ctx context.Context, in NewMessage, idem *Idempotency)
 // stores it once all of the unit's messages are appended.
 func (tx *Tx) appendMessage(rec *conversationRecord, convJSON []byte, draft *messageDraft, now Time) (Message, []byte, error) {
 	rec.LastSeq++
-	msg, msgJSON := draft.finish(rec.LastSeq, now)
+	var msg Message
+	var msgJSON []byte
+	if tx.stamp != nil && now.Equal(tx.stamp.at.Time) {
+		msg, msgJSON = draft.finishAt(rec.LastSeq, tx.stamp)
+	} else {
+		msg, msgJSON = draft.finish(rec.LastSeq, now)
+	}
 	msgs := tx.bolt.Bucket(bucketMsgs)
 	msgs.FillPercent = appendFill
 	if err := msgs.Put(join([]byte(rec.ID), u64(msg.Seq)), msgJSON); err != nil {
 		return Message{}, nil, err
 	}
+	tx.eventID = draft.eventID
 	return msg, msgJSON, tx.appendMessageEvent(rec.OrgID, rec.ID, msg.Seq, msgJSON, convJSON)
 }
 
