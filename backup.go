@@ -285,16 +285,7 @@ func writeFileAtomically(path string, fill func(io.Writer) error) (err error) {
 	if err = os.Rename(f.Name(), path); err != nil {
 		return err
 	}
-	return syncDir(dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return engine.SyncDir(dir)
 }
 
 // restoreCommand makes DIR a data directory holding BACKUP (the backup format, or a bare
@@ -546,7 +537,7 @@ func syncTree(root string) error {
 		if err != nil || !d.IsDir() {
 			return err
 		}
-		return syncDir(path)
+		return engine.SyncDir(path)
 	})
 }
 
@@ -590,7 +581,7 @@ func moveIntoPlace(tmp, target string, replacing bool) error {
 			// Put it back: a failed restore changes nothing.
 			return errors.Join(err, os.Rename(aside, target))
 		}
-		if err := syncDir(parent); err != nil {
+		if err := engine.SyncDir(parent); err != nil {
 			return err
 		}
 		return os.RemoveAll(aside)
@@ -604,5 +595,5 @@ func moveIntoPlace(tmp, target string, replacing bool) error {
 			return err
 		}
 	}
-	return syncDir(parent)
+	return engine.SyncDir(parent)
 }

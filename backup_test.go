@@ -5,7 +5,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -23,7 +22,6 @@ import (
 
 	"github.com/awardee/awardee/engine"
 	"github.com/awardee/awardee/internal/testkit"
-	bolt "go.etcd.io/bbolt"
 )
 
 // short is the start of a body for a failure message: a backup's body is a whole database.
@@ -478,23 +476,7 @@ func TestRestoreRefusals(t *testing.T) {
 // A backup of a newer schema is refused by restore through the binary with the exit status of
 // a newer file (3), and nothing is restored.
 func TestRestoreRefusesANewerBackupWithItsExitStatus(t *testing.T) {
-	dir := t.TempDir()
-	db, err := engine.Open(dir, engine.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	db.Close()
-	b, err := bolt.Open(filepath.Join(dir, engine.DatabaseFile), 0o600, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = b.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket([]byte("meta")).Put([]byte("schema"), binary.BigEndian.AppendUint64(nil, 99))
-	})
-	b.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir := newerSchemaDir(t)
 	archive := filepath.Join(t.TempDir(), "newer.tar")
 	if err := run([]string{"backup", "--data", dir, archive}, io.Discard, io.Discard); err != nil {
 		t.Fatal(err)

@@ -470,23 +470,7 @@ func TestServeMigratesAnOlderDataDirectory(t *testing.T) {
 
 // A file written by a newer build is refused with exit status 3 and a line saying what to do.
 func TestServeRefusesANewerDataDirectory(t *testing.T) {
-	dir := t.TempDir()
-	db, err := engine.Open(dir, engine.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	db.Close()
-	b, err := bolt.Open(filepath.Join(dir, engine.DatabaseFile), 0o600, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = b.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket([]byte("meta")).Put([]byte("schema"), binary.BigEndian.AppendUint64(nil, 99))
-	})
-	b.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir := newerSchemaDir(t)
 	out, err := exec.Command(awardeeBinary(t), "serve", "--addr", "127.0.0.1:0", "--data", dir).CombinedOutput()
 	var exit *exec.ExitError
 	if !errors.As(err, &exit) || exit.ExitCode() != exitNewerSchema || !strings.Contains(string(out), "newer version of awardee") {
@@ -535,4 +519,28 @@ func TestOfflineCommandsLeaveAnOlderFileAsItIs(t *testing.T) {
 			t.Fatalf("%s is at schema %d after offline commands, want 1 as written", filepath.Base(path), version)
 		}
 	}
+}
+
+// newerSchemaDir makes a data directory whose database says it was written by a build of a later
+// schema (99) than this one.
+func newerSchemaDir(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	db, err := engine.Open(dir, engine.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	b, err := bolt.Open(filepath.Join(dir, engine.DatabaseFile), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = b.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket([]byte("meta")).Put([]byte("schema"), binary.BigEndian.AppendUint64(nil, 99))
+	})
+	b.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dir
 }

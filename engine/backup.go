@@ -75,17 +75,9 @@ func SnapshotDir(dir string, lockTimeout time.Duration, fn func(Snapshot) error)
 	if _, err := os.Stat(file); err != nil {
 		return err
 	}
-	var b *bolt.DB
-	err := recovered(func() error {
-		var err error
-		b, err = bolt.Open(file, 0o600, &bolt.Options{ReadOnly: true, Timeout: lockTimeout})
-		return err
-	})
-	if errors.Is(err, bolterrors.ErrTimeout) {
-		return fmt.Errorf("%s: %w", file, ErrLocked)
-	}
+	b, err := openReadOnly(file, lockTimeout)
 	if err != nil {
-		return damaged(file, err.Error())
+		return err
 	}
 	defer b.Close()
 	return recovered(func() error {
@@ -100,6 +92,19 @@ func EnsureNotServed(dir string, lockTimeout time.Duration) error {
 	if _, err := os.Stat(file); err != nil {
 		return nil
 	}
+	b, err := openReadOnly(file, lockTimeout)
+	if errors.Is(err, ErrLocked) {
+		return err
+	}
+	if err == nil {
+		b.Close()
+	}
+	return nil
+}
+
+// openReadOnly opens the database file read-only, which waits for no reader but for a writer
+// (a server) up to lockTimeout: ErrLocked then, ErrDamaged for a file bbolt cannot open.
+func openReadOnly(file string, lockTimeout time.Duration) (*bolt.DB, error) {
 	var b *bolt.DB
 	err := recovered(func() error {
 		var err error
@@ -107,12 +112,12 @@ func EnsureNotServed(dir string, lockTimeout time.Duration) error {
 		return err
 	})
 	if errors.Is(err, bolterrors.ErrTimeout) {
-		return fmt.Errorf("%s: %w", file, ErrLocked)
+		return nil, fmt.Errorf("%s: %w", file, ErrLocked)
 	}
-	if err == nil {
-		b.Close()
+	if err != nil {
+		return nil, damaged(file, err.Error())
 	}
-	return nil
+	return b, nil
 }
 
 // VerifyDir checks the stopped database in dir as `awardee check` does, and refuses one this

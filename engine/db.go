@@ -510,11 +510,11 @@ func writeBackup(b *bolt.DB, path string) (err error) {
 	if err = os.Rename(tmp, path); err != nil {
 		return err
 	}
-	return syncDir(dir)
+	return SyncDir(dir)
 }
 
-// syncDir makes a rename into dir durable.
-func syncDir(dir string) error {
+// SyncDir makes a rename into dir durable.
+func SyncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return err
