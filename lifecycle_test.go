@@ -521,6 +521,30 @@ func TestOfflineCommandsLeaveAnOlderFileAsItIs(t *testing.T) {
 	}
 }
 
+// check judges a file of an older schema by what it holds, not by today's layouts, and refuses a
+// newer one with the exit status of a newer file, as serve does, rather than report its
+// unfamiliar layout as damage.
+func TestCheckKnowsOlderAndNewerSchemas(t *testing.T) {
+	older := t.TempDir()
+	original, err := os.ReadFile("testdata/schema-v1/awardee.db")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(older, engine.DatabaseFile), original, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, code := runBinary(t, awardeeBinary(t), "check", "--data", older); code != 0 || strings.TrimSpace(out) != "ok" {
+		t.Fatalf("check of an older file: exit %d\n%s", code, out)
+	}
+	if kept, err := os.ReadFile(filepath.Join(older, engine.DatabaseFile)); err != nil || !bytes.Equal(kept, original) {
+		t.Fatal("check changed an older file")
+	}
+	out, code := runBinary(t, awardeeBinary(t), "check", "--data", newerSchemaDir(t))
+	if code != exitNewerSchema || !strings.Contains(out, "newer version of awardee") {
+		t.Fatalf("check of a newer file: exit %d, want %d\n%s", code, exitNewerSchema, out)
+	}
+}
+
 // newerSchemaDir makes a data directory whose database says it was written by a build of a later
 // schema (99) than this one.
 func newerSchemaDir(t *testing.T) string {

@@ -352,7 +352,11 @@ func checkCommand(args []string, stdout io.Writer) error {
 	if *dir == "" {
 		return errors.New("--data is required")
 	}
-	problems, err := engine.CheckDir(*dir, time.Second)
+	// VerifyDir, not CheckDir: a file of an older schema is checked on a migrated scratch copy
+	// beside the directory (the checks know today's layouts only), and a newer one is refused
+	// with ErrNewerSchema, whose exit status tells an operator to run the newer binary.
+	target := filepath.Clean(*dir)
+	problems, err := engine.VerifyDir(target, filepath.Dir(target), time.Second)
 	if errors.Is(err, engine.ErrLocked) {
 		return fmt.Errorf("%w; stop the server first", err)
 	}
