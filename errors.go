@@ -49,8 +49,12 @@ func renderError(err error, log *slog.Logger, requestID string) (int, []byte) {
 	if !errors.As(err, &e) {
 		log.Error("internal error", "request_id", requestID, "err", err)
 		e = &engine.Error{Code: engine.CodeInternal, Message: "Internal error."}
-	} else if e.Cause != nil || e.Code == engine.CodeInternal || e.Code == engine.CodeUnavailable {
+	} else if e.Code == engine.CodeInternal || e.Code == engine.CodeUnavailable {
 		log.Error(e.Message, "request_id", requestID, "code", e.Code, "cause", e.Cause)
+	} else if e.Cause != nil {
+		// A client's mistake with a cause worth keeping (an attachment URL that did not answer,
+		// say) is the client's to fix: kept for whoever looks, but no alarm for the operator.
+		log.Warn(e.Message, "request_id", requestID, "code", e.Code, "cause", e.Cause)
 	}
 	status, ok := statusOf[e.Code]
 	if !ok {

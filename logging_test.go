@@ -295,3 +295,31 @@ func TestVersionNamesTheBuild(t *testing.T) {
 		t.Fatalf("version: %q", line)
 	}
 }
+
+// A client's mistake that has a cause worth keeping, an attachment URL that answers 404, is
+// logged as a warning with its request id: an operator's alerts on error lines must not fire on
+// what a client sent.
+func TestClientMistakesAreWarningsNotErrors(t *testing.T) {
+	src := newImageServer(t)
+	ts, logs := startLoggedServer(t, "json", &bytes.Buffer{}, allowPrivate)
+	org := ts.newOrg(t, 0, 0)
+	conv := ts.conversationIn(t, org.APIKey, engine.StatusOpen)
+	r := ts.do(t, "POST", "/conversations/"+conv+"/messages", org.APIKey,
+		fmt.Sprintf(`{"attachments":[{"url":%q}]}`, src.URL+"/missing.png"))
+	mustStatus(t, r, 422)
+	id := r.Header.Get("X-Request-Id")
+	var levels []string
+	for line := range strings.Lines(logs.String()) {
+		var entry struct {
+			Level     string `json:"level"`
+			Msg       string `json:"msg"`
+			RequestID string `json:"request_id"`
+		}
+		if json.Unmarshal([]byte(line), &entry) == nil && entry.RequestID == id && entry.Msg != "request" {
+			levels = append(levels, entry.Level)
+		}
+	}
+	if len(levels) != 1 || levels[0] != "WARN" {
+		t.Fatalf("the refused attachment's log lines have levels %v, want one WARN:\n%s", levels, logs.String())
+	}
+}
