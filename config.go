@@ -31,6 +31,10 @@ type Config struct {
 	TLSCert, TLSKey      string // PEM files; both or neither
 	LogFormat            string // text or json
 	LogLevel             string // debug, info, warn or error
+
+	// now is the database's clock (engine.Options.Now); nil is the wall clock. Tests set it to
+	// reach expiries without waiting for them.
+	now func() time.Time
 }
 
 func defaultConfig() Config {

@@ -89,7 +89,7 @@ func newServer(cfg Config, log *slog.Logger, out io.Writer) (*server, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	db, err := engine.Open(cfg.Data, engine.Options{Buckets: hooks.Buckets, OnMigrate: func(from, to uint64) {
+	db, err := engine.Open(cfg.Data, engine.Options{Buckets: hooks.Buckets, Now: cfg.now, OnMigrate: func(from, to uint64) {
 		// The old file is rewritten in place, in one transaction: a copy made before this start
 		// (awardee backup, with the previous binary) is the way back.
 		log.Warn("migrating the database to this version's layout; a backup made with `awardee backup` before this start is the way back to the old version",
@@ -210,6 +210,9 @@ func newServer(cfg Config, log *slog.Logger, out io.Writer) (*server, error) {
 			IdempotencyTTL: cfg.IdempotencyTTL,
 			Every:          cfg.SweepEvery,
 			OnError:        func(what string, err error) { log.Error("sweep failed", "what", what, "err", err) },
+			// A dashboard's WebSocket authenticated once, with a token its session minted: when
+			// the session ends by going idle or growing old, the socket ends with it.
+			OnSessionsEnded: s.closeEndedSessions,
 		})
 	}()
 	go func() {

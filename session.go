@@ -221,3 +221,18 @@ func (t *signInThrottle) failed(email, client string) {
 		l.AllowN(now, 1)
 	}
 }
+
+// closeEndedSessions closes the WebSockets of sessions a sweep deleted, one pass over the hub's
+// connections per org.
+func (s *server) closeEndedSessions(ended []engine.EndedSession) {
+	byOrg := make(map[string]map[string]bool)
+	for _, e := range ended {
+		if byOrg[e.OrgID] == nil {
+			byOrg[e.OrgID] = make(map[string]bool)
+		}
+		byOrg[e.OrgID][e.ID] = true
+	}
+	for org, ids := range byOrg {
+		s.hub.Disconnect(org, func(p engine.Principal) bool { return p.Kind == engine.KeyMember && ids[p.KeyID] })
+	}
+}

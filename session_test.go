@@ -411,6 +411,39 @@ func TestSignOutClosesTheSessionsWebSockets(t *testing.T) {
 	}
 }
 
+// A session that ends by going idle takes its WebSockets with it at the next sweep: the socket
+// authenticated once, with a token the session minted, and nothing asks it again.
+func TestAnIdleSessionsWebSocketsCloseWithIt(t *testing.T) {
+	t.Parallel()
+	clock := &testClock{now: time.Now()}
+	ts := newTestServer(t, func(c *Config) { c.now, c.SweepEvery = clock.Now, 20*time.Millisecond })
+	org := ts.newOrg(t, 0, 0)
+	ana := ts.newMember(t, org.OrgID, "ana@example.com", engine.RoleAgent)
+	m := ts.signIn(t, "ana@example.com", ana.Password)
+	token := mustStatus(t, ts.as(t, m, "POST", "/session/realtime-token", nil), 200).JSON(t)["token"].(string)
+	ws := ts.dialRealtime(t, token)
+	ws.expect("ready")
+	apiWS := ts.dialRealtime(t, org.APIKey)
+	apiWS.expect("ready")
+
+	clock.Advance(engine.SessionIdle + time.Minute)
+	f, err := ws.next()
+	if err == nil {
+		f, err = ws.next()
+	}
+	var ce *websocket.CloseError
+	if !errorsAs(err, &ce) || ce.Code != 4001 {
+		t.Fatalf("after the session went idle: frame %v, err %v, want close 4001", f, err)
+	}
+	mustStatus(t, ts.as(t, m, "GET", "/session", nil), 401)
+	// An API key's socket is no session's: it stays, and still gets the org's events.
+	conv := ts.conversationIn(t, org.APIKey, engine.StatusOpen)
+	mustStatus(t, ts.do(t, "POST", "/conversations/"+conv+"/messages", org.APIKey, `{"text":"still here"}`), 201)
+	if f := apiWS.expect("new_message"); f["conversation_id"] != conv {
+		t.Fatalf("the API key's socket got %v, want the new message of %s", f, conv)
+	}
+}
+
 // A keyed team-management write (here POST /keys) is replayed, not run twice: a retry gets the
 // same key back instead of a second one.
 func TestKeyedKeyCreationIsReplayed(t *testing.T) {

@@ -229,6 +229,9 @@ type Maintenance struct {
 	// KeepFrom, when set, gives the lowest offset of an org's log still owed to a consumer (a
 	// webhook cursor or retry); the event pruner keeps it and everything after it.
 	KeepFrom func(orgID string) uint64
+	// OnSessionsEnded is told of the sessions a sweep deleted, so that what they opened and
+	// nothing asks again (a WebSocket) is closed too.
+	OnSessionsEnded func([]EndedSession)
 	// OnError reports a failed sweep, or a panicking one (with its stack); the next tick tries
 	// again.
 	OnError func(what string, err error)
@@ -247,7 +250,10 @@ func (db *DB) RunMaintenance(ctx context.Context, m Maintenance) {
 		report("events", err)
 		_, err = db.PruneIdempotency(ctx, m.IdempotencyTTL)
 		report("idempotency keys", err)
-		_, err = db.PruneSessions(ctx)
+		ended, err := db.pruneSessions(ctx)
 		report("sessions", err)
+		if len(ended) > 0 && m.OnSessionsEnded != nil {
+			m.OnSessionsEnded(ended)
+		}
 	}, func(err error) { report("maintenance", err) })
 }

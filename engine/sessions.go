@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"encoding/json"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -225,13 +226,24 @@ func (db *DB) useRealtimeToken(token string) (Principal, error) {
 // maxPrunedSessions bounds one prune's write, so a sweep never holds the commit loop long.
 const maxPrunedSessions = 10_000
 
+// EndedSession names a session a prune deleted, for closing what it still holds open (the
+// dashboard's WebSockets, which authenticated once and are not asked again).
+type EndedSession struct{ OrgID, ID string }
+
 // PruneSessions deletes sessions that can no longer be used: idle or too old, or of a member
 // that was disabled or changed its password since. Those are refused anyway; pruning keeps the
 // bucket from growing with every sign-in. It returns how many it deleted.
 func (db *DB) PruneSessions(ctx context.Context) (int, error) {
+	ended, err := db.pruneSessions(ctx)
+	return len(ended), err
+}
+
+func (db *DB) pruneSessions(ctx context.Context) ([]EndedSession, error) {
 	var dead [][]byte
+	var ended []EndedSession
 	err := db.view(func(btx *bolt.Tx) error {
-		return btx.Bucket(bucketSessions).ForEach(func(k, _ []byte) error {
+		sessions := btx.Bucket(bucketSessions)
+		return sessions.ForEach(func(k, v []byte) error {
 			if len(dead) >= maxPrunedSessions || len(k) != 32 {
 				return nil
 			}
@@ -239,12 +251,16 @@ func (db *DB) PruneSessions(ctx context.Context) (int, error) {
 			copy(h[:], k)
 			if _, _, err := db.sessionState(btx, h); err != nil {
 				dead = append(dead, append([]byte(nil), k...))
+				var rec sessionRecord
+				if json.Unmarshal(v, &rec) == nil {
+					ended = append(ended, EndedSession{OrgID: rec.OrgID, ID: rec.ID})
+				}
 			}
 			return nil
 		})
 	})
 	if err != nil || len(dead) == 0 {
-		return 0, err
+		return nil, err
 	}
 	err = db.Update(ctx, func(tx *Tx) error {
 		b := tx.bolt.Bucket(bucketSessions)
@@ -256,7 +272,7 @@ func (db *DB) PruneSessions(ctx context.Context) (int, error) {
 		return nil
 	})
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
-	return len(dead), nil
+	return ended, nil
 }
