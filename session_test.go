@@ -230,14 +230,7 @@ func TestRevokedKeyIsRefusedOverHTTPAndWebSocket(t *testing.T) {
 	start := time.Now()
 	mustStatus(t, ts.do(t, "DELETE", "/keys/"+k.KeyID, org.APIKey, nil), 200)
 	mustStatus(t, ts.do(t, "GET", "/conversations", k.APIKey, nil), 401)
-	f, err := ws.next()
-	if err == nil {
-		f, err = ws.next()
-	}
-	var ce *websocket.CloseError
-	if !errorsAs(err, &ce) || ce.Code != 4001 {
-		t.Fatalf("after revocation: frame %v, err %v, want close 4001", f, err)
-	}
+	expectClosedUnauthorized(t, ws, "revocation")
 	if d := time.Since(start); d > time.Second {
 		t.Fatalf("the WebSocket closed %v after the revocation, want within 1 s", d)
 	}
@@ -383,6 +376,20 @@ func TestMemberCreateCommandAndFirstServe(t *testing.T) {
 	}
 }
 
+// expectClosedUnauthorized reads ws until it ends (past at most one frame already on its way)
+// and requires the close to be 4001, the code of a revoked key or an ended session.
+func expectClosedUnauthorized(t *testing.T, ws *wsClient, after string) {
+	t.Helper()
+	f, err := ws.next()
+	if err == nil {
+		f, err = ws.next()
+	}
+	var ce *websocket.CloseError
+	if !errorsAs(err, &ce) || ce.Code != 4001 {
+		t.Fatalf("after %s: frame %v, err %v, want close 4001", after, f, err)
+	}
+}
+
 func errorsAs(err error, target **websocket.CloseError) bool {
 	ce, ok := err.(*websocket.CloseError)
 	if ok {
@@ -401,14 +408,7 @@ func TestSignOutClosesTheSessionsWebSockets(t *testing.T) {
 	ws := ts.dialRealtime(t, token)
 	ws.expect("ready")
 	mustStatus(t, ts.as(t, m, "DELETE", "/session", nil), 200)
-	f, err := ws.next()
-	if err == nil {
-		f, err = ws.next()
-	}
-	var ce *websocket.CloseError
-	if !errorsAs(err, &ce) || ce.Code != 4001 {
-		t.Fatalf("after signing out: frame %v, err %v, want close 4001", f, err)
-	}
+	expectClosedUnauthorized(t, ws, "signing out")
 }
 
 // A session that ends by going idle takes its WebSockets with it at the next sweep: the socket
@@ -427,14 +427,7 @@ func TestAnIdleSessionsWebSocketsCloseWithIt(t *testing.T) {
 	apiWS.expect("ready")
 
 	clock.Advance(engine.SessionIdle + time.Minute)
-	f, err := ws.next()
-	if err == nil {
-		f, err = ws.next()
-	}
-	var ce *websocket.CloseError
-	if !errorsAs(err, &ce) || ce.Code != 4001 {
-		t.Fatalf("after the session went idle: frame %v, err %v, want close 4001", f, err)
-	}
+	expectClosedUnauthorized(t, ws, "the session went idle")
 	mustStatus(t, ts.as(t, m, "GET", "/session", nil), 401)
 	// An API key's socket is no session's: it stays, and still gets the org's events.
 	conv := ts.conversationIn(t, org.APIKey, engine.StatusOpen)
