@@ -376,6 +376,18 @@ func TestMemberCreateCommandAndFirstServe(t *testing.T) {
 	}
 }
 
+// dashboardSocket signs in an agent of org and opens /realtime as the dashboard does, with a
+// realtime token its session mints.
+func (ts *testServer) dashboardSocket(t *testing.T, org testOrg) (member, *wsClient) {
+	t.Helper()
+	ana := ts.newMember(t, org.OrgID, "ana@example.com", engine.RoleAgent)
+	m := ts.signIn(t, "ana@example.com", ana.Password)
+	token := mustStatus(t, ts.as(t, m, "POST", "/session/realtime-token", nil), 200).JSON(t)["token"].(string)
+	ws := ts.dialRealtime(t, token)
+	ws.expect("ready")
+	return m, ws
+}
+
 // expectClosedUnauthorized reads ws until it ends (past at most one frame already on its way)
 // and requires the close to be 4001, the code of a revoked key or an ended session.
 func expectClosedUnauthorized(t *testing.T, ws *wsClient, after string) {
@@ -402,11 +414,7 @@ func TestSignOutClosesTheSessionsWebSockets(t *testing.T) {
 	t.Parallel()
 	ts := newTestServer(t)
 	org := ts.newOrg(t, 0, 0)
-	ana := ts.newMember(t, org.OrgID, "ana@example.com", engine.RoleAgent)
-	m := ts.signIn(t, "ana@example.com", ana.Password)
-	token := mustStatus(t, ts.as(t, m, "POST", "/session/realtime-token", nil), 200).JSON(t)["token"].(string)
-	ws := ts.dialRealtime(t, token)
-	ws.expect("ready")
+	m, ws := ts.dashboardSocket(t, org)
 	mustStatus(t, ts.as(t, m, "DELETE", "/session", nil), 200)
 	expectClosedUnauthorized(t, ws, "signing out")
 }
@@ -418,11 +426,7 @@ func TestAnIdleSessionsWebSocketsCloseWithIt(t *testing.T) {
 	clock := &testClock{now: time.Now()}
 	ts := newTestServer(t, func(c *Config) { c.now, c.SweepEvery = clock.Now, 20*time.Millisecond })
 	org := ts.newOrg(t, 0, 0)
-	ana := ts.newMember(t, org.OrgID, "ana@example.com", engine.RoleAgent)
-	m := ts.signIn(t, "ana@example.com", ana.Password)
-	token := mustStatus(t, ts.as(t, m, "POST", "/session/realtime-token", nil), 200).JSON(t)["token"].(string)
-	ws := ts.dialRealtime(t, token)
-	ws.expect("ready")
+	m, ws := ts.dashboardSocket(t, org)
 	apiWS := ts.dialRealtime(t, org.APIKey)
 	apiWS.expect("ready")
 
