@@ -45,20 +45,26 @@ func newTestServer(t testing.TB, tweak ...func(*Config)) *testServer {
 // startTestServer serves cfg (whose data directory may already hold a database).
 func startTestServer(t testing.TB, cfg Config) *testServer {
 	t.Helper()
+	return startServerWith(t, cfg, slog.New(slog.DiscardHandler), io.Discard, "http", newAPIClient("").hc)
+}
+
+// startServerWith is startTestServer with the caller's logger, banner writer and client: the
+// client decides the scheme (https when it is pinned to the server's certificate).
+func startServerWith(t testing.TB, cfg Config, logger *slog.Logger, banner io.Writer, scheme string, hc *http.Client) *testServer {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	cfg.Addr = ln.Addr().String()
-	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-	srv, err := newServer(cfg, logger, io.Discard)
+	srv, err := newServer(cfg, logger, banner)
 	if err != nil {
 		ln.Close()
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ln) }()
-	ts := &testServer{server: srv, apiClient: newAPIClient("http://" + cfg.Addr), dir: cfg.Data}
+	ts := &testServer{server: srv, apiClient: &apiClient{URL: scheme + "://" + cfg.Addr, hc: hc}, dir: cfg.Data}
 	t.Cleanup(func() {
 		ts.stop(t)
 		if err := <-done; err != nil {

@@ -100,36 +100,6 @@ func servedCertificate(t testing.TB, addr string) string {
 	return conn.ConnectionState().PeerCertificates[0].Subject.CommonName
 }
 
-// startServerWith is startTestServer with the caller's logger, banner writer and client: the
-// client decides the scheme (https when it is pinned to the server's certificate).
-func startServerWith(t testing.TB, cfg Config, logger *slog.Logger, banner io.Writer, scheme string, hc *http.Client) *testServer {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.Addr = ln.Addr().String()
-	srv, err := newServer(cfg, logger, banner)
-	if err != nil {
-		ln.Close()
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ln) }()
-	ts := &testServer{server: srv, apiClient: &apiClient{URL: scheme + "://" + cfg.Addr, hc: hc}, dir: cfg.Data}
-	t.Cleanup(func() {
-		ts.stop(t)
-		if err := <-done; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-	})
-	testkit.WaitFor(t, "the test server to answer", func() bool {
-		_, err := ts.try("GET", "/healthz", "", nil)
-		return err == nil
-	})
-	return ts
-}
-
 func tlsConfig(t testing.TB) (cfg Config, cert *x509.Certificate) {
 	t.Helper()
 	cfg = defaultConfig()
